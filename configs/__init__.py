@@ -1,0 +1,1 @@
+"""Ready-made option sets (YAML), loaded with ``--config FILE``."""

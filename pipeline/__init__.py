@@ -1,0 +1,1 @@
+"""Builds and runs the beam-projector pipeline (options, graph, ``run()``)."""

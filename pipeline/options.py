@@ -1,0 +1,60 @@
+"""Every beam-projector option, declared once.
+
+A ``PipelineOptions`` subclass, so the flags travel with the pipeline to
+Dataflow/Flink workers and mix freely with Beam's own flags.
+"""
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.decode import RESIZE_MODES
+from transforms.inference import PIXEL_SCALES
+from transforms.write import TENSOR_FORMATS
+
+MIN_TILE, MAX_TILE = 8, 1024
+
+
+def _csv_list(value):
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+class ProjectorOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        g = parser.add_argument_group("beam-projector")
+        g.add_argument("--input", help="CSV file (or glob) with a header row; "
+                       "relative image paths resolve against the CSV's folder")
+        g.add_argument("--image_column", default="path",
+                       help="CSV column holding the image path (default: path); "
+                       "every other column becomes metadata")
+        g.add_argument("--model", help="Keras .keras/.h5 file or TensorFlow SavedModel directory")
+        g.add_argument("--embedding_layer", default="",
+                       help="layer(s) whose output is the embedding, comma-separated "
+                       "(default: the model's output)")
+        g.add_argument("--signature", default="serving_default",
+                       help="SavedModel signature to call (default: serving_default)")
+        g.add_argument("--embedding_output", default="",
+                       help="SavedModel output key(s) to use as embeddings, comma-separated")
+        g.add_argument("--output", help="logdir to write (local path or any Beam filesystem URI)")
+        g.add_argument("--max_items", type=int, default=1500,
+                       help="sample size N (default: 1500)")
+        g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+        g.add_argument("--tile_size", type=int, default=100,
+                       help=f"sprite tile side in px, {MIN_TILE}-{MAX_TILE} (default: 100); "
+                       "shrunk automatically to keep the sprite within 8192 px")
+        g.add_argument("--batch_size", type=int, default=32,
+                       help="images per model call (default: 32)")
+        g.add_argument("--resize", default="pad", choices=RESIZE_MODES,
+                       help="how images are fitted to the model input (default: pad)")
+        g.add_argument("--pixel_scale", default="raw", choices=PIXEL_SCALES,
+                       help="raw: 0-255 (default), unit: 0-1, symmetric: -1-1")
+        g.add_argument("--tensor_format", default="tsv", choices=TENSOR_FORMATS,
+                       help="tsv (default) or binary little-endian float32")
+        g.add_argument("--max_error_fraction", type=float, default=0.1,
+                       help="fail the job when more of the sampled items fail (default: 0.1)")
+
+    @property
+    def layers(self):
+        return _csv_list(self.embedding_layer)
+
+    @property
+    def outputs(self):
+        return _csv_list(self.embedding_output)

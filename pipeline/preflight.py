@@ -1,0 +1,97 @@
+"""Checks that run on the launching machine before any work is scheduled.
+
+Each failure is one line that says what to fix, so a typo costs seconds,
+not a cluster start-up.
+"""
+import math
+import uuid
+from typing import NamedTuple, Optional, Tuple
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.options import MAX_TILE, MIN_TILE
+from transforms import projector, sources
+from transforms.inference import ModelSpec, load_embedding_model
+
+
+class UsageError(ValueError):
+    """A problem with the options or inputs, found before any work."""
+
+
+class Plan(NamedTuple):
+    input_paths: Tuple[str, ...]
+    columns: Tuple[str, ...]
+    model: ModelSpec
+    model_size: Tuple[int, int]        # (height, width) the model takes
+    tensor_names: Tuple[str, ...]
+    tile: int                          # thumbnail/tile side, already shrunk for max_items
+    sample_size: int                   # max_items plus a margin for failures
+    label_index: Optional[int]
+
+
+def failure_margin(max_items: int, max_error_fraction: float) -> int:
+    """Extra items to sample so that failures up to the allowed fraction do
+    not shrink the output below max_items."""
+    return int(math.ceil(max_items * max_error_fraction / max(1e-9, 1 - max_error_fraction))) + 1
+
+
+def _check_output(output: str) -> None:
+    probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        if "://" not in output:
+            FileSystems.mkdirs(output) if not FileSystems.exists(output) else None
+        with FileSystems.create(probe) as f:
+            f.write(b"ok")
+        FileSystems.delete([probe])
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"--output {output} is not writable: {e}") from None
+
+
+def _first_row_exists(path: str) -> bool:
+    import csv
+    with sources._open_text(path) as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        return any(row and any(v.strip() for v in row) for row in reader)
+
+
+def make_plan(po) -> Plan:
+    """Validate ``ProjectorOptions`` and resolve everything the graph needs."""
+    for flag in ("input", "model", "output"):
+        if not getattr(po, flag):
+            raise UsageError(f"--{flag} is required")
+    if po.max_items is None or po.max_items < 1:
+        raise UsageError(f"--max_items must be at least 1, got {po.max_items}")
+    if not MIN_TILE <= po.tile_size <= MAX_TILE:
+        raise UsageError(f"--tile_size must be between {MIN_TILE} and {MAX_TILE} px, got {po.tile_size}")
+    if po.batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {po.batch_size}")
+    if not 0.0 <= po.max_error_fraction < 1.0:
+        raise UsageError(f"--max_error_fraction must be in [0, 1), got {po.max_error_fraction}")
+
+    try:
+        paths = sources.expand_input(po.input)
+        header = sources.csv_header(paths[0])
+    except sources.SourceError as e:
+        raise UsageError(str(e)) from None
+    if po.image_column not in header:
+        raise UsageError(f"CSV {paths[0]} has no column {po.image_column!r} "
+                         f"(set --image_column); its columns are: {', '.join(header)}")
+    if not any(_first_row_exists(p) for p in paths):
+        raise UsageError(f"input {po.input} has a header but no rows")
+    columns = tuple(sources.metadata_columns(header, po.image_column))
+
+    spec = ModelSpec(uri=po.model, layers=po.layers, signature=po.signature,
+                     outputs=po.outputs, pixel_scale=po.pixel_scale)
+    try:
+        model = load_embedding_model(spec)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    _check_output(po.output)
+
+    margin = failure_margin(po.max_items, po.max_error_fraction)
+    return Plan(
+        input_paths=tuple(paths), columns=columns, model=spec,
+        model_size=tuple(model.input_size[:2]), tensor_names=tuple(model.names),
+        tile=projector.tile_size_for(po.max_items, po.tile_size),
+        sample_size=po.max_items + margin, label_index=None)

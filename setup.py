@@ -1,0 +1,38 @@
+"""beam-projector: image embeddings -> TensorBoard Embedding Projector logdir.
+
+Also the package Dataflow/Flink workers install: pass ``--setup_file
+./setup.py`` and ``pipeline/``, ``transforms/`` and ``configs/`` ship with the
+job (the pattern of Beam's ``examples/complete/juliaset``).
+"""
+import setuptools
+
+REQUIRED = [
+    # tfx-bsl 1.21 pins tensorflow 2.21 and apache-beam[gcp] 2.x; keep the
+    # four in step.
+    "apache-beam[gcp]>=2.77,<3",
+    "tensorflow>=2.21,<2.22",
+    "tfx-bsl>=1.21,<1.22",
+    "tensorboard>=2.21,<2.22",
+    "numpy>=1.26",
+    "pillow>=10.3",
+    "pyyaml>=6",
+]
+
+setuptools.setup(
+    name="beam-projector",
+    version="0.1.0",
+    description="Batch pipeline from images + a TensorFlow model to a TensorBoard projector logdir",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*",
+                                               "configs", "configs.*"]),
+    package_data={"configs": ["*.yaml"]},
+    include_package_data=True,
+    install_requires=REQUIRED,
+    extras_require={
+        "demo": ["scikit-learn>=1.3"],
+        "test": ["pytest>=8", "scikit-learn>=1.3"],
+    },
+    entry_points={"console_scripts": ["beam-projector=pipeline.run:main"]},
+)

@@ -1,0 +1,144 @@
+"""Helpers shared by the tests: real images, tiny models, a live TensorBoard."""
+import contextlib
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+from PIL import Image
+
+TB_PREFIX = "/data/plugin/projector"
+
+
+def write_digits(folder, count=None, columns=("path", "label")):
+    """scikit-learn's real 8x8 digits as PNGs + a CSV; returns (csv_path, rows)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    n = len(digits.images) if count is None else count
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    rows = []
+    for i in range(n):
+        px = (255 - digits.images[i] * (255 / 16)).astype(np.uint8)
+        rel = f"images/digit_{i:04d}.png"
+        Image.fromarray(px, mode="L").save(os.path.join(folder, rel))
+        rows.append({"path": rel, "label": str(int(digits.target[i]))})
+    csv_path = os.path.join(folder, "images.csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return csv_path, rows
+
+
+def tiny_model(path, side=16, embedding_dim=8, channels=3):
+    """A small untrained CNN with a named 'embedding' layer, saved to ``path``."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((side, side, channels))
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Conv2D(8, 3, activation="relu", padding="same", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(embedding_dim, activation="tanh", name="embedding")(x)
+    out = keras.layers.Dense(3, name="logits")(x)
+    model = keras.Model(inp, out)
+    model.save(path)
+    return path
+
+
+def run_pipeline(*args, **flags):
+    """Run the pipeline in-process; flags become --key value."""
+    from pipeline.run import run
+
+    argv = list(args)
+    for k, v in flags.items():
+        argv += [f"--{k}", str(v)]
+    return run(argv)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tensorboard(logdir, timeout=120):
+    """A real `tensorboard` on 127.0.0.1; yields a get(path) -> (status, bytes) function."""
+    port = free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    proc = subprocess.Popen([exe, "--logdir", str(logdir), "--host", "127.0.0.1",
+                             "--port", str(port), "--load_fast", "false"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(base + path, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tensorboard exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                status, body = get(TB_PREFIX + "/runs")
+                if status == 200 and json.loads(body):
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("tensorboard did not list any projector run in time")
+            time.sleep(0.5)
+        get.base = base
+        yield get
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def check_live_projector(logdir, n, dims, tile):
+    """Assert a live TensorBoard serves ``logdir`` as an N-point projector.
+
+    ``dims`` maps tensor name -> D. Returns (metadata text, sprite image).
+    """
+    import io
+    import math
+    from urllib.parse import quote
+
+    with tensorboard(logdir) as get:
+        status, body = get(TB_PREFIX + "/runs")
+        assert status == 200 and json.loads(body) == ["."]
+        status, body = get(TB_PREFIX + "/info?run=.")
+        assert status == 200, body
+        info = json.loads(body)
+        shapes = {e["tensorName"]: [int(s) for s in e["tensorShape"]] for e in info["embeddings"]}
+        assert shapes == {name: [n, d] for name, d in dims.items()}
+        for name, d in dims.items():
+            status, body = get(f"{TB_PREFIX}/tensor?run=.&name={quote(name)}")
+            assert status == 200, body[:300]
+            assert len(body) == n * d * 4
+            assert np.all(np.isfinite(np.frombuffer(body, dtype="<f4")))
+        name = next(iter(dims))
+        status, meta = get(f"{TB_PREFIX}/metadata?run=.&name={quote(name)}")
+        assert status == 200, meta[:300]
+        status, sprite = get(f"{TB_PREFIX}/sprite_image?run=.&name={quote(name)}")
+        assert status == 200, sprite[:300]
+    img = Image.open(io.BytesIO(sprite))
+    assert img.format == "PNG"
+    side = math.ceil(math.sqrt(n)) * tile
+    assert img.size == (side, side)
+    return meta.decode("utf-8"), img

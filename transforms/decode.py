@@ -1,0 +1,142 @@
+"""Read and decode each sampled image exactly once.
+
+One Pillow decode yields both the model input and the sprite thumbnail, so a
+large JPEG is never read or decoded twice. Everything that can go wrong with
+one image becomes a dead-letter row, never an exception that kills the job.
+"""
+import io
+import warnings
+from typing import Tuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from PIL import Image, ImageFile, ImageOps
+
+from transforms.items import DecodedImage, ErrorRow, ImageRef, Thumbnail
+from transforms.projector import fit_within
+
+ERRORS_TAG = "errors"
+RESIZE_MODES = ("pad", "crop", "stretch")
+# Pillow's own guard (about 179M pixels raises) stays on; we turn its warning
+# band (89M..179M) into an error too: such an image is almost always a bomb
+# or a scan that would stall a worker, and a thumbnail gains nothing from it.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(ValueError):
+    """One image cannot be used; the message is the dead-letter reason."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency composited over white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def resize_for_model(img: Image.Image, size: Tuple[int, int], mode: str = "pad") -> np.ndarray:
+    """RGB image -> uint8 array of ``size`` (height, width).
+
+    ``pad`` matches ``tf.image.resize_with_pad`` (fit, centre, black border);
+    ``crop`` fills then centre-crops; ``stretch`` ignores the aspect ratio.
+    """
+    height, width = size
+    if mode == "stretch":
+        out = img.resize((width, height), Image.BILINEAR)
+    elif mode == "crop":
+        out = ImageOps.fit(img, (width, height), Image.BILINEAR)
+    elif mode == "pad":
+        scale = min(width / img.width, height / img.height)
+        w = max(1, min(width, round(img.width * scale)))
+        h = max(1, min(height, round(img.height * scale)))
+        out = Image.new("RGB", (width, height), (0, 0, 0))
+        out.paste(img.resize((w, h), Image.BILINEAR), ((width - w) // 2, (height - h) // 2))
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
+    return np.asarray(out, dtype=np.uint8)
+
+
+def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
+                 resize_mode: str = "pad") -> Tuple[np.ndarray, Thumbnail]:
+    """Encoded bytes -> (model input uint8 HxWx3, thumbnail). Raises ImageError."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            # JPEG DCT scaling: decode at the smallest power-of-two reduction
+            # that still covers what we need; several times less work for
+            # photos far larger than the model input.
+            need = max(max(model_size), tile)
+            if img.format == "JPEG":
+                img.draft("RGB", (need, need))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"decompression bomb: {e}") from None
+    except Image.DecompressionBombWarning as e:
+        raise ImageError(f"decompression bomb: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image Pillow can identify") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"corrupt or truncated image: {e}") from None
+    if rgb.width < 1 or rgb.height < 1:
+        raise ImageError(f"image has no pixels ({rgb.width}x{rgb.height})")
+    pixels = resize_for_model(rgb, model_size, resize_mode)
+    thumb = rgb.resize(fit_within(rgb.width, rgb.height, tile), Image.BILINEAR)
+    return pixels, Thumbnail(thumb.width, thumb.height, thumb.tobytes())
+
+
+def read_bytes(ref: str) -> bytes:
+    """Whole file through FileSystems, so gs://, s3:// and local all work."""
+    with FileSystems.open(ref, compression_type="uncompressed") as f:
+        return f.read()
+
+
+class DecodeImagesFn(beam.DoFn):
+    """ImageRef -> DecodedImage, or ErrorRow on the ``errors`` output."""
+
+    def __init__(self, model_size: Tuple[int, int], tile: int, resize_mode: str = "pad"):
+        self._model_size = tuple(model_size)
+        self._tile = tile
+        self._resize_mode = resize_mode
+        self._decoded = beam.metrics.Metrics.counter("projector", "decoded")
+        self._failed = beam.metrics.Metrics.counter("projector", "failed_decode")
+
+    def process(self, item: ImageRef):
+        stage = "read"
+        try:
+            data = item.content if item.content is not None else read_bytes(item.ref)
+            stage = "decode"
+            pixels, thumb = decode_image(data, self._model_size, self._tile, self._resize_mode)
+        except Exception as e:  # noqa: BLE001 - any failure is this image's, not the job's
+            self._failed.inc()
+            reason = str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, ErrorRow(item.ref, stage, reason, item.key))
+            return
+        self._decoded.inc()
+        yield DecodedImage(item._replace(content=None), pixels, thumb)
+
+
+class DecodeImages(beam.PTransform):
+    """Returns a tuple (decoded, errors)."""
+
+    def __init__(self, model_size, tile, resize_mode="pad"):
+        super().__init__()
+        self._fn = DecodeImagesFn(model_size, tile, resize_mode)
+
+    def expand(self, items):
+        out = items | beam.ParDo(self._fn).with_outputs(ERRORS_TAG, main="decoded")
+        return out.decoded, out[ERRORS_TAG]

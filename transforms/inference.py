@@ -1,0 +1,256 @@
+"""Embedding inference: a ModelHandler of our own for RunInference.
+
+Beam's ``TFModelHandlerNumpy`` calls ``tf.keras.models.load_model``, which under
+Keras 3 (TF 2.21) cannot load a SavedModel directory, can only return the
+model's final output and imports ``tensorflow_hub`` at import time. This
+handler loads ``.keras``/``.h5`` files and SavedModels, cuts the network at
+one or more named layers in a single model call, and stays a ``ModelHandler``
+so RunInference still shares one model per worker process and batches.
+"""
+import os
+import shutil
+import tempfile
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+
+from transforms.items import Embedded, ErrorRow
+
+PIXEL_SCALES = ("raw", "unit", "symmetric")
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+ACCEPTED = ("a Keras .keras or .h5 file, or a TensorFlow SavedModel directory "
+            "(holding saved_model.pb)")
+
+
+class ModelError(ValueError):
+    """The model cannot serve embeddings as asked; the message says what to fix."""
+
+
+class ModelSpec(NamedTuple):
+    """Everything a worker needs to load the same model the launcher checked."""
+    uri: str
+    layers: Tuple[str, ...] = ()          # Keras layer names; () = model output
+    signature: str = "serving_default"    # SavedModel only
+    outputs: Tuple[str, ...] = ()         # SavedModel output keys; () = the only/first one
+    pixel_scale: str = "raw"
+
+
+def scale_pixels(batch: np.ndarray, pixel_scale: str) -> np.ndarray:
+    """uint8 pixels -> float32 in the range the model was trained on."""
+    x = batch.astype(np.float32)
+    if pixel_scale == "raw":
+        return x
+    if pixel_scale == "unit":
+        return x / 255.0
+    if pixel_scale == "symmetric":
+        return x / 127.5 - 1.0
+    raise ValueError(f"unknown pixel scale {pixel_scale!r}; expected one of {PIXEL_SCALES}")
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def localize(uri: str) -> str:
+    """Copy a remote model (file or SavedModel folder) to a local temp path.
+
+    Keras and ``tf.saved_model.load`` read only local files reliably; going
+    through FileSystems keeps gs:// and any registered scheme working.
+    """
+    if _is_local(uri):
+        return _local_path(uri)
+    dest_root = tempfile.mkdtemp(prefix="beam-projector-model-")
+    base = uri.rstrip("/").rsplit("/", 1)[-1]
+    if uri.endswith(KERAS_SUFFIXES):
+        dest = os.path.join(dest_root, base)
+        with FileSystems.open(uri, compression_type="uncompressed") as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
+        return dest
+    prefix = uri.rstrip("/") + "/"
+    matches = FileSystems.match([prefix + "**"])[0].metadata_list
+    if not matches:
+        raise ModelError(f"model {uri} not found; expected {ACCEPTED}")
+    dest = os.path.join(dest_root, base)
+    for m in matches:
+        rel = m.path[len(prefix):]
+        target = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with FileSystems.open(m.path, compression_type="uncompressed") as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
+    return dest
+
+
+class EmbeddingModel:
+    """A loaded model that maps a uint8 image batch to embedding matrices."""
+
+    def __init__(self, fn, input_size: Tuple[int, int, int], names: List[str],
+                 pixel_scale: str, layer_names: Sequence[str] = ()):
+        self._fn = fn
+        self.input_size = input_size      # (height, width, channels)
+        self.names = names                # one tensor name per embedding
+        self.pixel_scale = pixel_scale
+        self.layer_names = list(layer_names)
+
+    def embed(self, pixels: np.ndarray) -> List[np.ndarray]:
+        """(B, H, W, 3) uint8 -> one float32 (B, D_i) matrix per embedding."""
+        x = scale_pixels(pixels, self.pixel_scale)
+        if self.input_size[2] == 1:
+            x = x.mean(axis=-1, keepdims=True)
+        outs = self._fn(x)
+        result = []
+        for out in outs:
+            arr = np.asarray(out, dtype=np.float32)
+            result.append(arr.reshape(arr.shape[0], -1))
+        return result
+
+
+def _keras_model(path: str, spec: ModelSpec) -> EmbeddingModel:
+    import keras
+    import tensorflow as tf
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - report any load failure the same way
+        raise ModelError(f"cannot load model {spec.uri}: {type(e).__name__}: {e}; "
+                         f"expected {ACCEPTED}") from None
+    layer_names = [layer.name for layer in model.layers]
+    if spec.layers:
+        unknown = [n for n in spec.layers if n not in layer_names]
+        if unknown:
+            raise ModelError(f"unknown embedding layer {', '.join(unknown)}; "
+                             f"the model's layers are: {', '.join(layer_names)}")
+        outputs = [model.get_layer(n).output for n in spec.layers]
+        names = list(spec.layers)
+    else:
+        outputs = list(model.outputs)
+        names = [model.layers[-1].name] if len(outputs) == 1 else [o.name for o in outputs]
+    sub = keras.Model(model.inputs, outputs)
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(shape) != 3 or None in shape:
+        raise ModelError(f"model input shape {model.inputs[0].shape} is not a fixed "
+                         "(height, width, channels) image")
+
+    # A traced function avoids Keras' per-call Python dispatch; the batch
+    # dimension is left open so the last, smaller batch needs no re-trace.
+    @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.float32)],
+                 reduce_retracing=True)
+    def call(x):
+        out = sub(x, training=False)
+        return out if isinstance(out, (list, tuple)) else [out]
+
+    return EmbeddingModel(lambda x: [o.numpy() for o in call(tf.constant(x))],
+                          shape, names, spec.pixel_scale, layer_names)
+
+
+def _saved_model(path: str, spec: ModelSpec) -> EmbeddingModel:
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"cannot load SavedModel {spec.uri}: {type(e).__name__}: {e}; "
+                         f"expected {ACCEPTED}") from None
+    if spec.signature not in loaded.signatures:
+        raise ModelError(f"SavedModel {spec.uri} has no signature {spec.signature!r}; "
+                         f"it has: {', '.join(loaded.signatures) or 'none'}")
+    fn = loaded.signatures[spec.signature]
+    _, kwargs = fn.structured_input_signature
+    if len(kwargs) != 1:
+        raise ModelError(f"signature {spec.signature!r} takes {len(kwargs)} inputs "
+                         f"({', '.join(kwargs)}); an image model takes one")
+    input_name, input_spec = next(iter(kwargs.items()))
+    shape = tuple(input_spec.shape[1:])
+    if len(shape) != 3 or None in shape:
+        raise ModelError(f"SavedModel input {input_name} has shape {input_spec.shape}; "
+                         "expected a fixed (batch, height, width, channels) image")
+    out_keys = sorted(fn.structured_outputs)
+    wanted = list(spec.outputs or spec.layers) or out_keys[:1]
+    unknown = [k for k in wanted if k not in out_keys]
+    if unknown:
+        raise ModelError(f"unknown embedding output {', '.join(unknown)}; signature "
+                         f"{spec.signature!r} outputs: {', '.join(out_keys)}")
+
+    def call(x):
+        out = fn(**{input_name: tf.constant(x, dtype=input_spec.dtype)})
+        return [out[k].numpy() for k in wanted]
+
+    model = EmbeddingModel(call, shape, wanted, spec.pixel_scale, out_keys)
+    model._keepalive = loaded  # the signature needs its object graph alive
+    return model
+
+
+def load_embedding_model(spec: ModelSpec) -> EmbeddingModel:
+    """Load ``spec.uri`` (local or any FileSystems scheme) for embedding."""
+    uri = spec.uri
+    if uri.rstrip("/").endswith(KERAS_SUFFIXES):
+        if not FileSystems.exists(uri):
+            raise ModelError(f"model file {uri} does not exist; expected {ACCEPTED}")
+        return _keras_model(localize(uri), spec)
+    if FileSystems.exists(uri.rstrip("/") + "/saved_model.pb"):
+        return _saved_model(localize(uri.rstrip("/")), spec)
+    if not FileSystems.exists(uri):
+        raise ModelError(f"model {uri} does not exist; expected {ACCEPTED}")
+    raise ModelError(f"cannot load model {uri}: not a .keras/.h5 file and no "
+                     f"saved_model.pb inside; expected {ACCEPTED}")
+
+
+class EmbeddingModelHandler(ModelHandler):
+    """uint8 image arrays -> tuples of embedding vectors, batched and shared."""
+
+    def __init__(self, spec: ModelSpec, batch_size: int = 32):
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        self._spec = spec
+
+    def load_model(self) -> EmbeddingModel:
+        return load_embedding_model(self._spec)
+
+    def run_inference(self, batch, model: EmbeddingModel, inference_args=None):
+        mats = model.embed(np.stack(batch))
+        return [tuple(m[i] for m in mats) for i in range(len(batch))]
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(np.asarray(x).nbytes for x in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "projector"
+
+
+def _to_embedded(keyed, counter_ok, counter_bad):
+    (item, thumb), vectors = keyed
+    bad = [i for i, v in enumerate(vectors) if not np.all(np.isfinite(v))]
+    if bad:
+        counter_bad.inc()
+        yield beam.pvalue.TaggedOutput(
+            "errors", ErrorRow(item.ref, "embed", "model output is not finite (NaN or Inf)", item.key))
+        return
+    counter_ok.inc()
+    yield Embedded(item, thumb, tuple(np.asarray(v, dtype=np.float32) for v in vectors))
+
+
+class EmbedImages(beam.PTransform):
+    """DecodedImage -> Embedded (+ ``errors`` for non-finite outputs).
+
+    The (item, thumbnail) pair rides through RunInference as the key, so the
+    writer needs no join.
+    """
+
+    def __init__(self, spec: ModelSpec, batch_size: int = 32):
+        super().__init__()
+        self._handler = KeyedModelHandler(EmbeddingModelHandler(spec, batch_size))
+
+    def expand(self, decoded):
+        ok = beam.metrics.Metrics.counter("projector", "embedded")
+        bad = beam.metrics.Metrics.counter("projector", "failed_embed")
+        out = (
+            decoded
+            | "KeyByItem" >> beam.Map(lambda d: ((d.item, d.thumbnail), d.pixels))
+            | "RunInference" >> RunInference(self._handler)
+            | "CheckFinite" >> beam.FlatMap(_to_embedded, ok, bad).with_outputs("errors", main="embedded"))
+        return out.embedded, out.errors

@@ -1,0 +1,158 @@
+"""Pure functions for TensorBoard's Embedding Projector file formats.
+
+No Beam here: these encode the projector's rules (see DESIGN.md) so they can
+be unit-tested directly and reused by any writer.
+"""
+import io
+import math
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+# The projector frontend refuses sprites larger than this on either side.
+MAX_SPRITE_SIDE = 8192
+# Shown instead of an empty metadata value: a blank line is skipped by the
+# projector, which would shift every later row by one.
+EMPTY_PLACEHOLDER = "<empty>"
+
+
+# --- sprite geometry -------------------------------------------------------
+
+def tiles_per_side(n: int) -> int:
+    """The projector's shader needs a square grid of ceil(sqrt(n)) tiles."""
+    if n < 1:
+        raise ValueError(f"a sprite needs at least one image, got n={n}")
+    side = math.isqrt(n)
+    return side if side * side == n else side + 1
+
+
+def tile_size_for(n: int, requested: int, max_side: int = MAX_SPRITE_SIDE) -> int:
+    """Largest tile <= ``requested`` that keeps the sprite within ``max_side``."""
+    return max(1, min(int(requested), max_side // tiles_per_side(n)))
+
+
+def sprite_geometry(n: int, requested_tile: int,
+                    max_side: int = MAX_SPRITE_SIDE) -> Tuple[int, int, int]:
+    """(tiles a side, tile px, sprite side px) for ``n`` images."""
+    per_side = tiles_per_side(n)
+    tile = tile_size_for(n, requested_tile, max_side)
+    return per_side, tile, per_side * tile
+
+
+def tile_origin(index: int, per_side: int, tile: int) -> Tuple[int, int]:
+    """Top-left pixel of tile ``index``: row-major from the top-left."""
+    row, col = divmod(index, per_side)
+    return col * tile, row * tile
+
+
+def fit_within(width: int, height: int, box: int) -> Tuple[int, int]:
+    """Size that fits a ``box`` square keeping the aspect ratio (>= 1 px)."""
+    scale = box / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def assemble_sprite(thumbnails: Sequence, tile: int) -> Image.Image:
+    """Paste thumbnails (``Thumbnail`` tuples) into a square RGBA sprite.
+
+    Each thumbnail is centred in its tile; the padding stays fully
+    transparent, which the projector's shader discards.
+    """
+    per_side = tiles_per_side(len(thumbnails))
+    sprite = Image.new("RGBA", (per_side * tile, per_side * tile), (0, 0, 0, 0))
+    for i, th in enumerate(thumbnails):
+        im = Image.frombytes("RGB", (th.width, th.height), th.rgb)
+        if max(th.width, th.height) > tile:
+            im = im.resize(fit_within(th.width, th.height, tile), Image.BILINEAR)
+        x0, y0 = tile_origin(i, per_side, tile)
+        sprite.paste(im, (x0 + (tile - im.width) // 2, y0 + (tile - im.height) // 2))
+    return sprite
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    # compress_level 1: sprites are mostly photo content, where higher levels
+    # cost several times the time for a few percent of size.
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+# --- metadata TSV -----------------------------------------------------------
+
+def escape_metadata_value(value) -> str:
+    """The projector has no quoting: tabs and line breaks must not appear."""
+    text = "" if value is None else str(value)
+    text = text.replace("\r\n", " ").replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return text if text.strip() else EMPTY_PLACEHOLDER
+
+
+def metadata_tsv(columns: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """Metadata text: a header row exactly when there are two or more columns."""
+    if not columns:
+        raise ValueError("metadata needs at least one column")
+    lines = []
+    if len(columns) > 1:
+        lines.append("\t".join(escape_metadata_value(c) for c in columns))
+    for row in rows:
+        if len(row) != len(columns):
+            raise ValueError(f"metadata row has {len(row)} values for {len(columns)} columns")
+        lines.append("\t".join(escape_metadata_value(v) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+# --- tensors ----------------------------------------------------------------
+
+def tensor_tsv(matrix: np.ndarray) -> bytes:
+    """Tab-separated float rows, no header and no empty field."""
+    m = np.asarray(matrix, dtype=np.float32)
+    if m.ndim != 2 or m.shape[1] == 0:
+        raise ValueError(f"tensor must be 2-D with at least one column, got {m.shape}")
+    buf = io.StringIO()
+    # '%.9g' round-trips float32 exactly.
+    np.savetxt(buf, m, fmt="%.9g", delimiter="\t", newline="\n")
+    return buf.getvalue().encode("ascii")
+
+
+def tensor_binary(matrix: np.ndarray) -> bytes:
+    """Raw little-endian float32, row-major: what the plugin reads by shape."""
+    return np.ascontiguousarray(matrix, dtype="<f4").tobytes()
+
+
+def binary_tensor_is_readable(data: bytes) -> bool:
+    """Whether TensorBoard will take ``data`` for binary, not text.
+
+    The plugin first parses the file as TSV and only falls back to binary on a
+    UnicodeDecodeError of the first line it reads; a first line that happens
+    to be valid UTF-8 (all-zero vectors, say) ends in an HTTP 500 instead.
+    """
+    first_line = data.split(b"\n", 1)[0]
+    try:
+        first_line.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+# --- config -----------------------------------------------------------------
+
+def projector_config_text(tensors: Sequence[Tuple[str, Tuple[int, int], str]],
+                          metadata_path: str, sprite_path: Optional[str],
+                          tile: int) -> str:
+    """projector_config.pbtxt via tensorboard's own proto (never by hand).
+
+    ``tensors`` is a list of (tensor_name, (N, D), relative tensor_path).
+    """
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+    config = ProjectorConfig()
+    for name, shape, path in tensors:
+        emb = config.embeddings.add()
+        emb.tensor_name = name
+        emb.tensor_shape.extend([int(shape[0]), int(shape[1])])
+        emb.tensor_path = path
+        emb.metadata_path = metadata_path
+        if sprite_path:
+            emb.sprite.image_path = sprite_path
+            emb.sprite.single_image_dim.extend([tile, tile])
+    return text_format.MessageToString(config)

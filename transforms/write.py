@@ -1,0 +1,238 @@
+"""The one ordered stage that writes and publishes the projector logdir.
+
+Everything meets here, sorted by the sample key, so tensor row i, metadata row
+i and sprite tile i are the same image on every runner. Assets are written to
+a fresh content-addressed folder (``data-<digest>/``) that nothing references
+yet; the config is then replaced in one rename. A run that fails or is killed
+before that rename leaves the previous logdir exactly as TensorBoard knew it.
+"""
+import hashlib
+import logging
+import posixpath
+import re
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import projector
+from transforms.items import Embedded, ErrorRow, order_key
+
+LOG = logging.getLogger(__name__)
+CONFIG_NAME = "projector_config.pbtxt"
+ERRORS_NAME = "errors.tsv"
+DATA_PREFIX = "data-"
+METADATA_NAME = "metadata.tsv"
+SPRITE_NAME = "sprite.png"
+TENSOR_FORMATS = ("tsv", "binary")
+# Errors found while reading the input list (a CSV row without a path) are
+# reported, but are not sampled items, so they do not count toward
+# --max_error_fraction.
+INPUT_STAGE = "read"
+
+
+class TooManyErrors(RuntimeError):
+    """More sampled items failed than --max_error_fraction allows."""
+
+
+class WriterConfig(NamedTuple):
+    output: str
+    columns: Tuple[str, ...]
+    tensor_names: Tuple[str, ...]
+    tile: int
+    max_items: int
+    max_error_fraction: float = 0.1
+    tensor_format: str = "tsv"
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with FileSystems.create(path, mime_type="application/octet-stream",
+                            compression_type="uncompressed") as f:
+        f.write(data)
+
+
+def read_text(path: str) -> Optional[str]:
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read().decode("utf-8")
+
+
+def replace_file(path: str, data: bytes, tag: str) -> None:
+    """Write beside ``path`` then rename over it: readers see old or new, never half."""
+    tmp = path + f".tmp-{tag}"
+    write_bytes(tmp, data)
+    if FileSystems.exists(path):
+        # LocalFileSystem.rename refuses to overwrite on some platforms; GCS
+        # rename is copy+delete either way.
+        try:
+            FileSystems.rename([tmp], [path])
+            return
+        except Exception:  # noqa: BLE001
+            FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def errors_tsv(rows: Sequence[ErrorRow]) -> bytes:
+    lines = ["input\tstage\treason"]
+    for r in rows:
+        lines.append("\t".join(projector.escape_metadata_value(v) for v in (r.ref, r.stage, r.reason)))
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def tensor_file_name(name: str, count: int, fmt: str) -> str:
+    ext = "tsv" if fmt == "tsv" else "bytes"
+    if count == 1:
+        return f"feature_vecs.{ext}"
+    return f"feature_vecs-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.{ext}"
+
+
+def select_for_publish(embedded: Sequence[Embedded], errors: Sequence[ErrorRow],
+                       max_items: int):
+    """(kept rows in order, errors that count, errors to report).
+
+    Failures past the last kept key were never needed, so they neither count
+    nor appear; input-list errors always appear but never count.
+    """
+    kept = sorted(embedded, key=lambda e: order_key(e.item))[:max_items]
+    last = kept[-1].item.key if len(kept) == max_items else None
+    counted, reported = [], []
+    for e in sorted(errors, key=lambda r: (r.key, r.ref, r.stage, r.reason)):
+        if e.stage == INPUT_STAGE and e.key == 0:
+            reported.append(e)
+        elif last is None or e.key <= last:
+            counted.append(e)
+            reported.append(e)
+    return kept, counted, reported
+
+
+class Assets(NamedTuple):
+    files: List[Tuple[str, bytes]]   # (name inside the data folder, bytes)
+    tensors: List[Tuple[str, Tuple[int, int], str]]
+    digest: str
+    tile: int
+
+
+def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
+    n = len(kept)
+    files = []
+    tensors = []
+    for t, name in enumerate(cfg.tensor_names):
+        matrix = np.stack([e.vectors[t] for e in kept]).astype(np.float32)
+        fmt = cfg.tensor_format
+        data = projector.tensor_binary(matrix) if fmt == "binary" else None
+        if data is not None and not projector.binary_tensor_is_readable(data):
+            LOG.warning("tensor %s would be misread as text by TensorBoard; writing TSV", name)
+            fmt, data = "tsv", None
+        if data is None:
+            data = projector.tensor_tsv(matrix)
+        fname = tensor_file_name(name, len(cfg.tensor_names), fmt)
+        files.append((fname, data))
+        tensors.append((name, matrix.shape, fname))
+    meta = projector.metadata_tsv(cfg.columns, [e.item.metadata for e in kept]).encode("utf-8")
+    files.append((METADATA_NAME, meta))
+    _, tile, _ = projector.sprite_geometry(n, cfg.tile)
+    sprite = projector.png_bytes(projector.assemble_sprite([e.thumbnail for e in kept], tile))
+    files.append((SPRITE_NAME, sprite))
+    h = hashlib.sha256()
+    for fname, data in files:
+        h.update(fname.encode() + b"\0" + hashlib.sha256(data).digest())
+    return Assets(files, tensors, h.hexdigest()[:16], tile)
+
+
+def _referenced_data_dir(config_text: Optional[str]) -> Optional[str]:
+    if not config_text:
+        return None
+    m = re.search(r'metadata_path: "(data-[0-9a-f]+)/', config_text)
+    return m.group(1) if m else None
+
+
+def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRow]) -> str:
+    """Write the data folder, then swap the config in. Returns the config text."""
+    out = cfg.output
+    folder = DATA_PREFIX + assets.digest
+    config_path = join(out, CONFIG_NAME)
+    current = _referenced_data_dir(read_text(config_path))
+    if current != folder:
+        target = join(out, folder)
+        if FileSystems.exists(target):  # an orphan of a killed run: maybe partial
+            FileSystems.delete([target])
+        for fname, data in assets.files:
+            write_bytes(join(target, fname), data)
+    config = projector.projector_config_text(
+        [(name, shape, posixpath.join(folder, path)) for name, shape, path in assets.tensors],
+        posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME), assets.tile)
+    replace_file(config_path, config.encode("utf-8"), assets.digest)
+    replace_file(join(out, ERRORS_NAME), errors_tsv(reported_errors), assets.digest)
+    _remove_stale(out, keep=folder)
+    return config
+
+
+def _remove_stale(out: str, keep: str) -> None:
+    """Drop data folders no config points at any more, and leftover temp files."""
+    try:
+        matches = FileSystems.match([join(out, DATA_PREFIX + "*"), join(out, "*.tmp-*")])
+    except Exception:  # noqa: BLE001 - nothing to clean
+        return
+    stale = set()
+    for m in matches:
+        for meta in m.metadata_list:
+            rel = meta.path[len(out):].lstrip("/")
+            top = rel.split("/", 1)[0]
+            if top != keep:
+                stale.add(join(out, top))
+    if stale:
+        FileSystems.delete(sorted(stale))
+
+
+class _WriteLogdirFn(beam.DoFn):
+    def __init__(self, cfg: WriterConfig):
+        self._cfg = cfg
+
+    def process(self, keyed):
+        _, tagged = keyed
+        embedded = [v for tag, v in tagged if tag == "ok"]
+        errors = [v for tag, v in tagged if tag == "err"]
+        cfg = self._cfg
+        kept, counted, reported = select_for_publish(embedded, errors, cfg.max_items)
+        examined = len(kept) + len(counted)
+        if not kept or (examined and len(counted) / examined > cfg.max_error_fraction):
+            replace_file(join(cfg.output, ERRORS_NAME), errors_tsv(reported), "failed")
+            if not kept:
+                raise TooManyErrors(
+                    f"no image could be embedded ({len(reported)} errors); "
+                    f"see {join(cfg.output, ERRORS_NAME)}")
+            raise TooManyErrors(
+                f"{len(counted)} of {examined} sampled items failed "
+                f"({len(counted) / examined:.1%} > --max_error_fraction "
+                f"{cfg.max_error_fraction:.1%}); nothing published, "
+                f"see {join(cfg.output, ERRORS_NAME)}")
+        assets = build_assets(kept, cfg)
+        publish(assets, cfg, reported)
+        written = beam.metrics.Metrics.counter("projector", "written")
+        written.inc(len(kept))
+        beam.metrics.Metrics.counter("projector", "failed").inc(len(reported))
+        yield {"written": len(kept), "failed": len(reported), "digest": assets.digest,
+               "tensors": [(n, list(s)) for n, s, _ in assets.tensors], "tile": assets.tile}
+
+
+class WriteProjectorLogdir(beam.PTransform):
+    """(embedded, errors) -> one summary dict, after publishing the logdir."""
+
+    def __init__(self, cfg: WriterConfig):
+        super().__init__()
+        self._cfg = cfg
+
+    def expand(self, pcolls):
+        embedded, errors = pcolls
+        ok = embedded | "TagOk" >> beam.Map(lambda e: (None, ("ok", e)))
+        bad = errors | "TagErr" >> beam.Map(lambda e: (None, ("err", e)))
+        return ((ok, bad)
+                | "Together" >> beam.Flatten()
+                | "OneStage" >> beam.GroupByKey()
+                | "Write" >> beam.ParDo(_WriteLogdirFn(self._cfg)))
