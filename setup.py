@@ -32,7 +32,8 @@ setuptools.setup(
     install_requires=REQUIRED,
     extras_require={
         "demo": ["scikit-learn>=1.3"],
-        "test": ["pytest>=8", "scikit-learn>=1.3"],
+        # websockets: the DevTools-protocol client of tests/test_browser.py
+        "test": ["pytest>=8", "scikit-learn>=1.3", "websockets>=12"],
     },
     entry_points={"console_scripts": ["beam-projector=pipeline.run:main"]},
 )

@@ -7,6 +7,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.decode import RESIZE_MODES
 from transforms.inference import PIXEL_SCALES
+from transforms.sources import COMPRESSIONS
 from transforms.write import TENSOR_FORMATS
 
 MIN_TILE, MAX_TILE = 8, 1024
@@ -20,11 +21,26 @@ class ProjectorOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("beam-projector")
-        g.add_argument("--input", help="CSV file (or glob) with a header row; "
-                       "relative image paths resolve against the CSV's folder")
+        g.add_argument("--input", help="CSV file (or glob) with a header row; TFRecord "
+                       "file(s) of tf.Example; or a folder (class sub-folders give a label "
+                       "column) or glob of image files. The kind is detected; relative "
+                       "image paths resolve against the CSV's/TFRecord's folder")
         g.add_argument("--image_column", default="path",
                        help="CSV column holding the image path (default: path); "
                        "every other column becomes metadata")
+        g.add_argument("--image_feature", default="image/encoded",
+                       help="TFRecord feature holding the encoded image or its path "
+                       "(default: image/encoded)")
+        g.add_argument("--metadata_features", default="",
+                       help="TFRecord features to keep as metadata, comma-separated "
+                       "(default: every scalar feature)")
+        g.add_argument("--compression", default="auto", choices=COMPRESSIONS,
+                       help="TFRecord compression: auto (from the extension or the gzip "
+                       "signature, default), none or gzip")
+        g.add_argument("--label_column", default="label",
+                       help="metadata column --max_per_label counts by (default: label)")
+        g.add_argument("--max_per_label", type=int, default=None,
+                       help="stratified sample: at most K items per label value")
         g.add_argument("--model", help="Keras .keras/.h5 file or TensorFlow SavedModel directory")
         g.add_argument("--embedding_layer", default="",
                        help="layer(s) whose output is the embedding, comma-separated "
@@ -50,6 +66,15 @@ class ProjectorOptions(PipelineOptions):
                        help="tsv (default) or binary little-endian float32")
         g.add_argument("--max_error_fraction", type=float, default=0.1,
                        help="fail the job when more of the sampled items fail (default: 0.1)")
+        g.add_argument("--no_preview", action="store_true", default=False,
+                       help="do not write preview.png (the thumbnails at a 2-D PCA of the "
+                       "embeddings) at the logdir root")
+        g.add_argument("--standalone", action="store_true", default=False,
+                       help="also write a static export for the standalone Embedding "
+                       "Projector: .bytes tensors, projector_config.json and index.html")
+        g.add_argument("--config", default=None,
+                       help="YAML file of option: value (any option above or any Beam "
+                       "option); flags on the command line override it (see configs/)")
 
     @property
     def layers(self):
@@ -58,3 +83,7 @@ class ProjectorOptions(PipelineOptions):
     @property
     def outputs(self):
         return _csv_list(self.embedding_output)
+
+    @property
+    def metadata_feature_list(self):
+        return _csv_list(self.metadata_features)

@@ -27,6 +27,7 @@ class Plan(NamedTuple):
     tile: int                          # thumbnail/tile side, already shrunk for max_items
     sample_size: int                   # max_items plus a margin for failures
     label_index: Optional[int]
+    source: Optional[sources.SourceSpec] = None   # the input's kind and how to read it
 
 
 def failure_margin(max_items: int, max_error_fraction: float) -> int:
@@ -47,14 +48,6 @@ def _check_output(output: str) -> None:
         raise UsageError(f"--output {output} is not writable: {e}") from None
 
 
-def _first_row_exists(path: str) -> bool:
-    import csv
-    with sources._open_text(path) as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        return any(row and any(v.strip() for v in row) for row in reader)
-
-
 def make_plan(po) -> Plan:
     """Validate ``ProjectorOptions`` and resolve everything the graph needs."""
     for flag in ("input", "model", "output"):
@@ -69,17 +62,23 @@ def make_plan(po) -> Plan:
     if not 0.0 <= po.max_error_fraction < 1.0:
         raise UsageError(f"--max_error_fraction must be in [0, 1), got {po.max_error_fraction}")
 
+    if po.max_per_label is not None and po.max_per_label < 1:
+        raise UsageError(f"--max_per_label must be at least 1, got {po.max_per_label}")
+
     try:
-        paths = sources.expand_input(po.input)
-        header = sources.csv_header(paths[0])
+        source = sources.describe_input(
+            po.input, image_column=po.image_column, image_feature=po.image_feature,
+            metadata_features=po.metadata_feature_list, compression=po.compression)
     except sources.SourceError as e:
         raise UsageError(str(e)) from None
-    if po.image_column not in header:
-        raise UsageError(f"CSV {paths[0]} has no column {po.image_column!r} "
-                         f"(set --image_column); its columns are: {', '.join(header)}")
-    if not any(_first_row_exists(p) for p in paths):
-        raise UsageError(f"input {po.input} has a header but no rows")
-    columns = tuple(sources.metadata_columns(header, po.image_column))
+    columns = source.columns
+    label_index = None
+    if po.max_per_label is not None:
+        if po.label_column not in columns:
+            raise UsageError(f"--max_per_label needs the label column {po.label_column!r} "
+                             f"(set --label_column); the {source.kind} input's columns are: "
+                             f"{', '.join(columns)}")
+        label_index = columns.index(po.label_column)
 
     spec = ModelSpec(uri=po.model, layers=po.layers, signature=po.signature,
                      outputs=po.outputs, pixel_scale=po.pixel_scale)
@@ -91,7 +90,7 @@ def make_plan(po) -> Plan:
 
     margin = failure_margin(po.max_items, po.max_error_fraction)
     return Plan(
-        input_paths=tuple(paths), columns=columns, model=spec,
+        input_paths=source.paths, columns=columns, model=spec,
         model_size=tuple(model.input_size[:2]), tensor_names=tuple(model.names),
         tile=projector.tile_size_for(po.max_items, po.tile_size),
-        sample_size=po.max_items + margin, label_index=None)
+        sample_size=po.max_items + margin, label_index=label_index, source=source)

@@ -4,6 +4,7 @@ Validates everything on the launcher (``preflight``), composes the graph
 (``build``) and runs it on whatever runner the Beam options name.
 """
 import logging
+import re
 import sys
 import time
 from typing import List, Optional
@@ -12,13 +13,15 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
                                                   StandardOptions)
 
+from pipeline.config import expand_config
 from pipeline.options import ProjectorOptions
 from pipeline.preflight import Plan, UsageError, make_plan
+from pipeline.progress import COUNTERS, LogProgress, read_counters, write_summary
 from transforms.decode import DecodeImages
 from transforms.inference import EmbedImages
 from transforms.items import order_key
 from transforms.sampling import SampleItems
-from transforms.sources import ReadCsv
+from transforms.sources import ReadImageRefs
 from transforms.write import WriteProjectorLogdir, WriterConfig
 
 LOG = logging.getLogger("beam-projector")
@@ -43,13 +46,16 @@ def _within(decoded, last_key):
 
 def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     """The graph: read -> sample -> reshuffle -> decode -> keep N -> embed -> write."""
-    refs, read_errors = p | "ReadInput" >> ReadCsv(plan.input_paths, po.image_column)
+    refs, read_errors = p | "ReadInput" >> ReadImageRefs(plan.source)
+    refs = refs | "ProgressRead" >> LogProgress("read")
     sampled = (refs
-               | "Sample" >> SampleItems(plan.sample_size, po.seed)
+               | "Sample" >> SampleItems(plan.sample_size, po.seed,
+                                         per_label=po.max_per_label, label_index=plan.label_index)
                | "CountSampled" >> beam.Map(_count("sampled"))
                | "Spread" >> beam.Reshuffle())
     decoded, decode_errors = sampled | "Decode" >> DecodeImages(
         plan.model_size, plan.tile, po.resize)
+    decoded = decoded | "ProgressDecoded" >> LogProgress("decoded")
     # The sample holds a margin beyond N so that failed images do not shrink
     # the output; keep exactly the first N that decoded, in key order, before
     # paying for inference.
@@ -59,10 +65,12 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
                 | "LastKept" >> beam.Map(_nth_key))
     selected = decoded | "KeepFirstN" >> beam.Filter(_within, beam.pvalue.AsSingleton(last_key))
     embedded, embed_errors = selected | "Embed" >> EmbedImages(plan.model, po.batch_size)
+    embedded = embedded | "ProgressEmbedded" >> LogProgress("embedded")
     errors = (read_errors, decode_errors, embed_errors) | "AllErrors" >> beam.Flatten()
     cfg = WriterConfig(output=po.output, columns=plan.columns, tensor_names=plan.tensor_names,
                        tile=plan.tile, max_items=po.max_items,
-                       max_error_fraction=po.max_error_fraction, tensor_format=po.tensor_format)
+                       max_error_fraction=po.max_error_fraction, tensor_format=po.tensor_format,
+                       preview=not po.no_preview, standalone=po.standalone)
     return (embedded, errors) | "WriteLogdir" >> WriteProjectorLogdir(cfg)
 
 
@@ -77,16 +85,21 @@ def default_local_runner(options: PipelineOptions) -> None:
             direct.direct_running_mode = "in_memory"
 
 
-def _metrics(result) -> dict:
-    out = {}
-    for c in result.metrics().query()["counters"]:
-        if c.key.metric.namespace == "projector":
-            out[c.key.metric.name] = out.get(c.key.metric.name, 0) + c.committed
-    return out
+def _options_used(options: PipelineOptions) -> dict:
+    """Every beam-projector option (defaults included) plus every Beam option
+    that differs from its default: enough to rerun the job."""
+    used = options.view_as(ProjectorOptions).get_all_options(current_only=True)
+    used.update(options.get_all_options(drop_default=True))
+    return used
 
 
 def run(argv: Optional[List[str]] = None) -> dict:
-    """Run the pipeline; returns the summary counts. Raises UsageError early."""
+    """Run the pipeline; returns the summary counts. Raises UsageError early.
+
+    ``--config FILE`` is expanded into flags first (the command line wins).
+    """
+    run_started = time.time()
+    argv = expand_config(argv)
     options = PipelineOptions(argv)
     po = options.view_as(ProjectorOptions)
     plan = make_plan(po)
@@ -96,12 +109,16 @@ def run(argv: Optional[List[str]] = None) -> dict:
     build(p, po, plan)
     result = p.run()
     result.wait_until_finish()
-    counts = _metrics(result)
-    summary = {k: counts.get(k, 0) for k in ("read", "sampled", "decoded", "embedded", "written")}
-    summary["failed"] = counts.get("failed", 0)
+    counts = read_counters(result)
+    summary = {k: counts.get(k, 0) for k in COUNTERS}
     summary["seconds"] = round(time.time() - started, 2)
     if not summary["written"]:
         raise RuntimeError(f"nothing was written to {po.output}; counts: {summary}")
+    path = write_summary(po.output, {
+        "counters": {k: summary[k] for k in COUNTERS}, "all_counters": counts,
+        "options": _options_used(options), "pipeline_seconds": summary["seconds"],
+        "wall_seconds": round(time.time() - run_started, 2)})
+    LOG.info("run summary written to %s", path)
     return summary
 
 
@@ -117,9 +134,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as e:  # noqa: BLE001 - one clear line, the traceback is in the log
         LOG.debug("run failed", exc_info=True)
         msg = str(e).strip().splitlines()
-        print(f"beam-projector: failed: {msg[-1] if msg else type(e).__name__}", file=sys.stderr)
+        # Beam re-raises a DoFn's exception with " [while running 'Step']"
+        # appended; the step name says nothing the user can act on.
+        line = re.sub(r" \[while running '[^']*'\]$", "", msg[-1]) if msg else type(e).__name__
+        print(f"beam-projector: failed: {line}", file=sys.stderr)
         return 1
-    print("beam-projector: read={read} sampled={sampled} embedded={embedded} "
+    print("beam-projector: read={read} sampled={sampled} decoded={decoded} embedded={embedded} "
           "written={written} failed={failed} in {seconds}s".format(**summary))
     return 0
 

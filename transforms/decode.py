@@ -5,7 +5,7 @@ large JPEG is never read or decoded twice. Everything that can go wrong with
 one image becomes a dead-letter row, never an exception that kills the job.
 """
 import io
-import warnings
+import struct
 from typing import Tuple
 
 import apache_beam as beam
@@ -19,8 +19,9 @@ from transforms.projector import fit_within
 ERRORS_TAG = "errors"
 RESIZE_MODES = ("pad", "crop", "stretch")
 # Pillow's own guard (about 179M pixels raises) stays on; we turn its warning
-# band (89M..179M) into an error too: such an image is almost always a bomb
-# or a scan that would stall a worker, and a thumbnail gains nothing from it.
+# band (Image.MAX_IMAGE_PIXELS, 89M, to 179M) into an error too (see _open):
+# such an image is almost always a bomb or a scan that would stall a worker,
+# and a thumbnail gains nothing from it. MAX_IMAGE_PIXELS keeps its default.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
@@ -31,10 +32,10 @@ class ImageError(ValueError):
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB; transparency composited over white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
+        img = Image.fromarray(arr)  # 2-D uint8 -> mode L
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -66,32 +67,92 @@ def resize_for_model(img: Image.Image, size: Tuple[int, int], mode: str = "pad")
     return np.asarray(out, dtype=np.uint8)
 
 
-def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
-                 resize_mode: str = "pad") -> Tuple[np.ndarray, Thumbnail]:
-    """Encoded bytes -> (model input uint8 HxWx3, thumbnail). Raises ImageError."""
-    if not data:
-        raise ImageError("empty file (0 bytes)")
+def _open(data: bytes) -> Image.Image:
+    """Identify the image; Pillow's exceptions mapped to one-line reasons.
+
+    No ``warnings.catch_warnings`` here: it swaps process-global state and
+    Beam runs bundles on several threads, so the outcome would depend on
+    timing. The pixel limit is checked explicitly instead.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            # JPEG DCT scaling: decode at the smallest power-of-two reduction
-            # that still covers what we need; several times less work for
-            # photos far larger than the model input.
-            need = max(max(model_size), tile)
-            if img.format == "JPEG":
-                img.draft("RGB", (need, need))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+        img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise ImageError(f"decompression bomb: {e}") from None
-    except Image.DecompressionBombWarning as e:
-        raise ImageError(f"decompression bomb: {e}") from None
     except Image.UnidentifiedImageError:
+        why = _signature_failures(data)
+        if why:
+            raise ImageError(_printable("unsupported or corrupt image: " + "; ".join(why))) from None
         raise ImageError("not an image Pillow can identify") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"corrupt or truncated image: {e}") from None
+        raise ImageError(_printable(f"corrupt or truncated image: {e}")) from None
+    pixels = img.width * img.height
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        raise ImageError(f"decompression bomb: {img.width}x{img.height} = {pixels} pixels "
+                         f"exceeds Pillow's limit of {Image.MAX_IMAGE_PIXELS}")
+    return img
+
+
+def _signature_failures(data: bytes) -> list:
+    """Why each format whose signature matches ``data`` refused it.
+
+    Pillow's ``Image.open`` only says "cannot identify image file"; its own
+    per-format diagnostics (``WARN_POSSIBLE_FORMATS``) arrive as warnings,
+    which cannot be captured thread-safely. Formats without a signature
+    check are skipped: they are tried on every file and only add noise.
+    """
+    Image.init()
+    prefix = data[:16]
+    out = []
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        matched = accept(prefix) if accept is not None else False
+        if not matched or isinstance(matched, str):   # a str is "plugin missing"
+            continue
+        try:
+            factory(io.BytesIO(data), "")
+        except Exception as e:  # noqa: BLE001 - collecting the reason is the point
+            out.append(f"{fmt}: {e}")
+    return out
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """Reasons go into a TSV and a log line: no control bytes, bounded length."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
+                 resize_mode: str = "pad") -> Tuple[np.ndarray, Thumbnail]:
+    """Encoded bytes -> (model input uint8 HxWx3, thumbnail). Raises ImageError.
+
+    Animated images (GIF, WebP, multi-page TIFF) use their first frame; EXIF
+    orientation is applied, so the thumbnail is drawn upright.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    img = _open(data)
+    fmt = img.format or "image"
+    try:
+        # JPEG DCT scaling: decode at the smallest power-of-two reduction
+        # that still covers what we need; several times less work for
+        # photos far larger than the model input.
+        need = max(max(model_size), tile)
+        if img.format == "JPEG":
+            img.draft("RGB", (need, need))
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as e:
+        raise ImageError(_printable(f"corrupt or truncated {fmt} data: {e}")) from None
+    mode = img.mode
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: keep the pixels as stored
+        pass
+    try:
+        rgb = _to_rgb(img)
+    except (OSError, ValueError) as e:
+        raise ImageError(_printable(f"unsupported image mode {mode}: {e}")) from None
     if rgb.width < 1 or rgb.height < 1:
         raise ImageError(f"image has no pixels ({rgb.width}x{rgb.height})")
     pixels = resize_for_model(rgb, model_size, resize_mode)
@@ -100,9 +161,19 @@ def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
 
 
 def read_bytes(ref: str) -> bytes:
-    """Whole file through FileSystems, so gs://, s3:// and local all work."""
-    with FileSystems.open(ref, compression_type="uncompressed") as f:
-        return f.read()
+    """Whole file through FileSystems, so gs://, s3:// and local all work.
+    Raises ImageError with a one-line reason when the file cannot be read."""
+    try:
+        with FileSystems.open(ref, compression_type="uncompressed") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as e:
+        raise ImageError(f"cannot read file: {type(e).__name__}: {e}") from None
 
 
 class DecodeImagesFn(beam.DoFn):

@@ -207,12 +207,21 @@ class EmbeddingModelHandler(ModelHandler):
     def __init__(self, spec: ModelSpec, batch_size: int = 32):
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self._spec = spec
+        self._batch_size = batch_size
 
     def load_model(self) -> EmbeddingModel:
         return load_embedding_model(self._spec)
 
     def run_inference(self, batch, model: EmbeddingModel, inference_args=None):
-        mats = model.embed(np.stack(batch))
+        # Every model call gets exactly batch_size rows (a short batch is
+        # padded with zeros): CPU matmul kernels round differently for
+        # different batch shapes, so without this an image's vector would
+        # depend on which others shared its bundle, and differ between
+        # runners. A row's result does not depend on its position.
+        x = np.stack(batch)
+        if len(x) < self._batch_size:
+            x = np.concatenate([x, np.zeros((self._batch_size - len(x),) + x.shape[1:], x.dtype)])
+        mats = model.embed(x)
         return [tuple(m[i] for m in mats) for i in range(len(batch))]
 
     def get_num_bytes(self, batch) -> int:

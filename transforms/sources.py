@@ -1,14 +1,21 @@
-"""Sources: turn an input (CSV of image paths) into ``ImageRef`` records.
+"""Sources: turn an input into ``ImageRef`` records.
 
-Each source also reports its metadata columns up front (``columns``), so the
-launcher can validate options and the writer knows the header before any
-worker runs.
+Three input kinds: a CSV of image paths, TFRecords of ``tf.Example`` (image
+bytes or paths inside), and a folder (or glob) of image files.
+``describe_input`` runs on the launcher: it detects the kind and reports the
+metadata columns up front, so options are validated and the writer knows the
+header before any worker runs. ``ReadImageRefs`` is the one PTransform the
+pipeline uses; it picks the reader for the kind.
 """
 import csv
+import hashlib
 import io
-from typing import List, Sequence
+import re
+import struct
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.items import ErrorRow, ImageRef
@@ -108,3 +115,463 @@ class ReadCsv(beam.PTransform):
                | "ParseCsv" >> beam.ParDo(_ReadCsvFn(self._image_column)).with_outputs(
                    ERRORS_TAG, main="refs"))
         return out.refs, out[ERRORS_TAG]
+
+
+# --- input kinds --------------------------------------------------------------
+
+INPUT_KINDS = ("csv", "tfrecord", "folder")
+COMPRESSIONS = ("auto", "none", "gzip")
+# What Pillow decodes and image_dataset_from_directory accepts, plus TIFF/WebP.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+# train.tfrecord, x.tfrecords.gz, TFDS shards (mnist-train.tfrecord-00000-of-00004),
+# the Object Detection API's train.record.
+_TFRECORD_NAME = re.compile(r"\.(tfrecords?|tfrec|records?)(-\d+-of-\d+)?(\.gz|\.gzip)?$")
+_GZIP_MAGIC = b"\x1f\x8b"
+# How many records (at most from this many files) the launcher reads to learn
+# a TFRecord input's features; how many files it lists to learn a folder's layout.
+SCAN_RECORDS, SCAN_FILES, FOLDER_PROBE = 100, 8, 10_000
+SOURCE_COLUMN = "source"
+
+
+class SourceSpec(NamedTuple):
+    """What the launcher learned about ``--input``; all a worker needs to read it."""
+    kind: str                          # one of INPUT_KINDS
+    pattern: str                       # as given (folder: the glob the workers list)
+    paths: Tuple[str, ...]             # csv/tfrecord: the matched files
+    columns: Tuple[str, ...]           # metadata columns, in order
+    image_column: str = "path"         # csv: column holding the image path
+    image_feature: str = "image/encoded"   # tfrecord: bytes feature with the image or its path
+    features: Tuple[str, ...] = ()     # tfrecord: features that become metadata columns
+    compression: str = "none"          # tfrecord: resolved "none" or "gzip"
+    root: str = ""                     # folder: the directory paths and labels are relative to
+    labelled: bool = False             # folder: class sub-folders give a label column
+
+
+def _has_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def is_image_path(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def looks_like_image(data: bytes) -> bool:
+    """True when ``data`` starts with an image file signature (JPEG, PNG, GIF,
+    BMP, TIFF, WebP). A path string never does: it has no NUL or 0xFF bytes."""
+    head = bytes(data[:16])
+    return (head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a",
+                             b"II*\x00", b"MM\x00*"))
+            or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+            or (head[:2] == b"BM" and len(head) >= 10 and head[6:10] == b"\x00\x00\x00\x00"))
+
+
+def _path_text(value: bytes) -> Optional[str]:
+    """``value`` as a path string, or None when it cannot be one."""
+    if len(value) > 4096 or b"\x00" in value:
+        return None
+    try:
+        text = value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    return text or None
+
+
+def _dirname(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else "."
+
+
+def directory_root(pattern: str) -> Optional[str]:
+    """``pattern`` without its trailing slash when it names a folder holding
+    files (on object stores: a prefix with objects below it), else None."""
+    if _has_glob(pattern):
+        return None
+    base = pattern.rstrip("/")
+    try:
+        found = FileSystems.match([base + "/**"], limits=[1])[0].metadata_list
+    except Exception:  # noqa: BLE001 - not listable as a folder: treat as a file
+        return None
+    return base if found else None
+
+
+def _name_kind(path: str) -> Optional[str]:
+    name = path.rsplit("/", 1)[-1].lower()
+    if name.endswith(IMAGE_EXTENSIONS):
+        return "folder"
+    if name.endswith(".csv"):
+        return "csv"
+    if _TFRECORD_NAME.search(name):
+        return "tfrecord"
+    return None
+
+
+# --- TFRecord framing (launcher only) -------------------------------------------
+# The pipeline reads records with Beam's ReadAllFromTFRecord. The launcher only
+# needs the first few records to learn the features and to recognise a
+# TFRecord file whose name says nothing; Beam's record reader is private API,
+# and the framing is 16 bytes of documented format, so it is read here.
+
+def _masked_crc(data: bytes) -> int:
+    import google_crc32c  # ships with apache-beam[gcp]; Beam's own TFRecord coder uses it
+    crc = google_crc32c.value(bytes(data))
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def iter_tfrecords(f) -> Iterator[bytes]:
+    """Records of an open TFRecord stream, checksums verified."""
+    while True:
+        header = f.read(12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise SourceError("truncated TFRecord header")
+        length, length_crc = struct.unpack("<QI", header)
+        if _masked_crc(header[:8]) != length_crc:
+            raise SourceError("not a TFRecord file (record length checksum mismatch)")
+        data = f.read(length)
+        footer = f.read(4)
+        if len(data) < length or len(footer) < 4:
+            raise SourceError("truncated TFRecord record")
+        if _masked_crc(data) != struct.unpack("<I", footer)[0]:
+            raise SourceError("corrupt TFRecord record (data checksum mismatch)")
+        yield data
+
+
+def _compression_type(compression: str) -> str:
+    return CompressionTypes.GZIP if compression == "gzip" else CompressionTypes.UNCOMPRESSED
+
+
+def _head(path: str, n: int) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read(n)
+
+
+def resolve_compression(path: str, requested: str = "auto") -> str:
+    """``none`` or ``gzip`` for a TFRecord file: as requested, else from the
+    extension, else from the gzip magic bytes (TFDS-style GZIP shards often
+    keep a plain .tfrecord name)."""
+    if requested not in COMPRESSIONS:
+        raise SourceError(f"--compression must be one of {', '.join(COMPRESSIONS)}, "
+                          f"got {requested!r}")
+    if requested != "auto":
+        return requested
+    if path.lower().endswith((".gz", ".gzip")):
+        return "gzip"
+    return "gzip" if _head(path, 2) == _GZIP_MAGIC else "none"
+
+
+def _is_tfrecord(path: str) -> bool:
+    try:
+        with FileSystems.open(path, compression_type=_compression_type(
+                resolve_compression(path))) as f:
+            next(iter_tfrecords(f), None)
+        return True
+    except Exception:  # noqa: BLE001 - anything unreadable as TFRecord is not one
+        return False
+
+
+def detect_kind(paths: Sequence[str]) -> str:
+    """The input kind of the matched files: by name, else by content."""
+    kinds = {_name_kind(p) for p in paths}
+    if kinds & {"csv", "tfrecord"} == {"csv", "tfrecord"}:
+        raise SourceError("input matches both CSV and TFRecord files; give one kind per run")
+    if "folder" in kinds and not kinds & {"csv", "tfrecord"}:
+        return "folder"
+    for kind in ("tfrecord", "csv"):
+        if kind in kinds:
+            return kind
+    return "tfrecord" if _is_tfrecord(paths[0]) else "csv"
+
+
+# --- tf.Example values -------------------------------------------------------------
+
+def _parse_example(record: bytes):
+    from tensorflow.core.example import example_pb2  # lazy: TF is heavy to import
+    return example_pb2.Example.FromString(record)
+
+
+def _values(feature) -> list:
+    kind = feature.WhichOneof("kind") if feature is not None else None
+    return list(getattr(feature, kind).value) if kind else []
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, float):
+        return f"{value:.7g}"  # float32 precision, without 0.10000000149
+    return str(value)
+
+
+def feature_text(feature) -> str:
+    """A metadata value: bytes as UTF-8, int64 and float as numbers, lists
+    comma-joined, a missing feature empty."""
+    return ",".join(_text(v) for v in _values(feature))
+
+
+def _is_scalar_text(feature) -> bool:
+    values = _values(feature)
+    if len(values) > 1:
+        return False
+    if values and isinstance(values[0], bytes):
+        try:
+            values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return not looks_like_image(values[0])
+    return True
+
+
+def _scan_examples(paths: Sequence[str], compression: str):
+    """The first SCAN_RECORDS tf.Examples of the input (from SCAN_FILES files at most)."""
+    examples, bad = [], 0
+    for path in list(paths)[:SCAN_FILES]:
+        try:
+            with FileSystems.open(path, compression_type=_compression_type(compression)) as f:
+                for record in iter_tfrecords(f):
+                    try:
+                        examples.append(_parse_example(record))
+                    except Exception:  # noqa: BLE001 - one bad record is a dead letter later
+                        bad += 1
+                    if len(examples) + bad >= SCAN_RECORDS:
+                        break
+        except SourceError as e:
+            raise SourceError(f"TFRecord {path}: {e} (--compression {compression})") from None
+        except Exception as e:  # noqa: BLE001 - DecodeError, OSError from gzip, ...
+            raise SourceError(f"TFRecord {path} cannot be read "
+                              f"(--compression {compression}): {type(e).__name__}: {e}") from None
+        if len(examples) + bad >= SCAN_RECORDS:
+            break
+    if bad and not examples:
+        raise SourceError(f"TFRecord input {paths[0]}: none of the first {bad} records is a "
+                          "tf.Example")
+    return examples
+
+
+def _describe_tfrecord(paths, image_feature, metadata_features, compression) -> SourceSpec:
+    compression = resolve_compression(paths[0], compression)
+    examples = _scan_examples(paths, compression)
+    if not examples:
+        raise SourceError(f"TFRecord input {paths[0]} has no records")
+    seen: Dict[str, bool] = {}
+    for ex in examples:
+        for name, feature in ex.features.feature.items():
+            seen[name] = seen.get(name, True) and _is_scalar_text(feature)
+    if image_feature not in seen:
+        raise SourceError(f"TFRecord {paths[0]} has no feature {image_feature!r} in its first "
+                          f"{len(examples)} records (set --image_feature); its features are: "
+                          f"{', '.join(sorted(seen))}")
+    if metadata_features:
+        unknown = [n for n in metadata_features if n not in seen]
+        if unknown:
+            raise SourceError(f"--metadata_features {', '.join(unknown)} not found in the first "
+                              f"{len(examples)} records; the features are: "
+                              f"{', '.join(sorted(seen))}")
+        features = tuple(metadata_features)
+    else:
+        features = tuple(sorted(n for n, scalar in seen.items() if scalar and n != image_feature))
+    if SOURCE_COLUMN in features:
+        raise SourceError(f"feature {SOURCE_COLUMN!r} clashes with the input's first metadata "
+                          "column (where each image came from); list the features to keep "
+                          "with --metadata_features")
+    return SourceSpec(kind="tfrecord", pattern="", paths=tuple(paths),
+                      columns=(SOURCE_COLUMN,) + features, image_feature=image_feature,
+                      features=features, compression=compression)
+
+
+def _first_row_exists(path: str) -> bool:
+    with _open_text(path) as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        return any(row and any(v.strip() for v in row) for row in reader)
+
+
+def _describe_csv(pattern, paths, image_column) -> SourceSpec:
+    header = csv_header(paths[0])
+    if image_column not in header:
+        raise SourceError(f"CSV {paths[0]} has no column {image_column!r} "
+                          f"(set --image_column); its columns are: {', '.join(header)}")
+    if not any(_first_row_exists(p) for p in paths):
+        raise SourceError(f"input {pattern} has a header but no rows")
+    return SourceSpec(kind="csv", pattern=pattern, paths=tuple(paths),
+                      columns=tuple(metadata_columns(header, image_column)),
+                      image_column=image_column)
+
+
+def _relative(path: str, root: str) -> str:
+    return path[len(root):].lstrip("/") if root and path.startswith(root) else path
+
+
+def _describe_folder(pattern: str, root: str, listed: Sequence[str]) -> SourceSpec:
+    images = [p for p in listed if is_image_path(p)]
+    if not images:
+        raise SourceError(f"input {pattern} holds no image files "
+                          f"({', '.join(IMAGE_EXTENSIONS)})")
+    labelled = bool(root) and any("/" in _relative(p, root) for p in images)
+    return SourceSpec(kind="folder", pattern=root + "/**" if root else pattern, paths=(),
+                      columns=("path", "label") if labelled else ("path",),
+                      root=root, labelled=labelled)
+
+
+def describe_input(pattern: str, image_column: str = "path",
+                   image_feature: str = "image/encoded", metadata_features: Sequence[str] = (),
+                   compression: str = "auto") -> SourceSpec:
+    """Detect the kind of ``--input`` and learn its columns. Raises SourceError."""
+    if compression not in COMPRESSIONS:
+        raise SourceError(f"--compression must be one of {', '.join(COMPRESSIONS)}, "
+                          f"got {compression!r}")
+    root = directory_root(pattern)
+    if root is not None:
+        # A bounded listing: enough to see the layout without walking a bucket
+        # of millions of objects on the launcher; the workers list it all.
+        listed = [m.path for m in FileSystems.match([root + "/**"], limits=[FOLDER_PROBE])[0]
+                  .metadata_list]
+        return _describe_folder(pattern, root, listed)
+    paths = expand_input(pattern)
+    kind = detect_kind(paths)
+    if kind == "folder":
+        return _describe_folder(pattern, "", paths)
+    if kind == "tfrecord":
+        return _describe_tfrecord(paths, image_feature, tuple(metadata_features), compression)
+    return _describe_csv(pattern, paths, image_column)
+
+
+# --- readers -------------------------------------------------------------------------
+
+class _ExampleToRefFn(beam.DoFn):
+    """(file, serialized tf.Example) -> ImageRef, or an ErrorRow for that record.
+
+    Why not tfx-bsl's ``TFExampleRecord`` (TFXIO): its Beam source is
+    ``ReadFromTFRecord`` per pattern with the compression taken from the file
+    name only (no way to read a GZIP shard named .tfrecord) and without the
+    file name; its decoder turns batches of records into Arrow columns, where
+    one record that is not a tf.Example, or a feature whose type changes,
+    fails the batch and so the job. We need the opposite shape: one Python
+    row per record (image bytes, metadata strings), one dead-letter row per
+    bad record, and the raw record for a stable uid. So we use the same Beam
+    reader underneath (``ReadAllFromTFRecord``: splittable, checksummed) and
+    parse each record with the tf.Example proto.
+    """
+
+    def __init__(self, image_feature: str, features: Sequence[str]):
+        self._image_feature = image_feature
+        self._features = tuple(features)
+        self._read = beam.metrics.Metrics.counter("projector", "read")
+        self._bad = beam.metrics.Metrics.counter("projector", "failed_read")
+
+    def _error(self, where: str, reason: str):
+        self._bad.inc()
+        return beam.pvalue.TaggedOutput(ERRORS_TAG, ErrorRow(where, "read", reason))
+
+    def process(self, element):
+        filename, record = element
+        # Content hash: stable across runs, runners, file splits and copies of
+        # the data to another bucket, so the same seed gives the same sample.
+        uid = hashlib.blake2b(record, digest_size=16).hexdigest()
+        where = f"{filename}#{uid[:12]}"
+        try:
+            feats = _parse_example(record).features.feature
+        except Exception as e:  # noqa: BLE001 - DecodeError and friends
+            yield self._error(where, f"record is not a tf.Example: {type(e).__name__}: {e}")
+            return
+        image = feats.get(self._image_feature)
+        kind = image.WhichOneof("kind") if image is not None else None
+        if kind != "bytes_list" or not image.bytes_list.value:
+            name = self._image_feature
+            if image is None:
+                reason = f"record has no {name!r} feature"
+            elif kind and kind != "bytes_list":
+                reason = f"feature {name!r} holds {kind} values, not bytes"
+            else:
+                reason = f"feature {name!r} is empty"
+            yield self._error(where, reason + "; expected encoded image bytes or an image path")
+            return
+        value = image.bytes_list.value[0]
+        path = None if looks_like_image(value) else _path_text(value)
+        if path is None:  # image bytes (or junk the decoder will report)
+            ref, content, source = where, value, where
+        else:
+            ref, content, source = resolve_ref(path, _dirname(filename)), None, path
+        self._read.inc()
+        yield ImageRef(uid=uid, ref=ref, content=content,
+                       metadata=(source,) + tuple(feature_text(feats.get(n))
+                                                 for n in self._features))
+
+
+class ReadTFRecordExamples(beam.PTransform):
+    """TFRecord files of tf.Example -> (ImageRefs, errors)."""
+
+    def __init__(self, spec: SourceSpec):
+        super().__init__()
+        self._spec = spec
+
+    def expand(self, pbegin):
+        spec = self._spec
+        out = (pbegin
+               | "TFRecordFiles" >> beam.Create(list(spec.paths))
+               | "ReadRecords" >> beam.io.ReadAllFromTFRecord(
+                   compression_type=_compression_type(spec.compression), with_filename=True)
+               | "ParseExamples" >> beam.ParDo(_ExampleToRefFn(
+                   spec.image_feature, spec.features)).with_outputs(ERRORS_TAG, main="refs"))
+        return out.refs, out[ERRORS_TAG]
+
+
+class _FileToRefFn(beam.DoFn):
+    """A listed file -> ImageRef; files without an image extension are
+    skipped (and counted), as image_dataset_from_directory does."""
+
+    def __init__(self, root: str, labelled: bool):
+        self._root, self._labelled = root, labelled
+        self._read = beam.metrics.Metrics.counter("projector", "read")
+        self._skipped = beam.metrics.Metrics.counter("projector", "skipped_non_image")
+
+    def process(self, metadata):
+        path = metadata.path
+        if not is_image_path(path):
+            self._skipped.inc()
+            return
+        rel = _relative(path, self._root)
+        values = (rel,)
+        if self._labelled:
+            values += (rel.split("/", 1)[0] if "/" in rel else "",)
+        self._read.inc()
+        # The path relative to the folder: the same sample wherever the folder lives.
+        yield ImageRef(uid=rel, ref=path, content=None, metadata=values)
+
+
+class ReadImageFolder(beam.PTransform):
+    """A folder (class sub-folders give ``label``) or a glob of image files ->
+    (ImageRefs, errors). Listing happens on the workers (``MatchAll``), so a
+    bucket of millions of images never passes through the launcher."""
+
+    def __init__(self, spec: SourceSpec):
+        super().__init__()
+        self._spec = spec
+
+    def expand(self, pbegin):
+        from apache_beam.io import fileio
+        spec = self._spec
+        refs = (pbegin
+                | "Pattern" >> beam.Create([spec.pattern])
+                | "ListFiles" >> fileio.MatchAll()
+                | "ImageFiles" >> beam.ParDo(_FileToRefFn(spec.root, spec.labelled)))
+        # Listing has no per-item failure; unreadable images fail at decode.
+        errors = pbegin | "NoListErrors" >> beam.Create([])
+        return refs, errors
+
+
+class ReadImageRefs(beam.PTransform):
+    """Any input kind -> (ImageRefs, errors): the reader ``spec.kind`` names."""
+
+    def __init__(self, spec: SourceSpec):
+        super().__init__()
+        self._spec = spec
+
+    def expand(self, pbegin):
+        spec = self._spec
+        if spec.kind == "csv":
+            return pbegin | "Csv" >> ReadCsv(spec.paths, spec.image_column)
+        if spec.kind == "tfrecord":
+            return pbegin | "TFRecord" >> ReadTFRecordExamples(spec)
+        if spec.kind == "folder":
+            return pbegin | "Folder" >> ReadImageFolder(spec)
+        raise ValueError(f"unknown input kind {spec.kind!r}; expected one of {INPUT_KINDS}")

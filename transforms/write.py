@@ -16,7 +16,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import projector
+from transforms import preview, projector, standalone
 from transforms.items import Embedded, ErrorRow, order_key
 
 LOG = logging.getLogger(__name__)
@@ -25,11 +25,13 @@ ERRORS_NAME = "errors.tsv"
 DATA_PREFIX = "data-"
 METADATA_NAME = "metadata.tsv"
 SPRITE_NAME = "sprite.png"
+PREVIEW_NAME = "preview.png"
 TENSOR_FORMATS = ("tsv", "binary")
 # Errors found while reading the input list (a CSV row without a path) are
 # reported, but are not sampled items, so they do not count toward
 # --max_error_fraction.
 INPUT_STAGE = "read"
+EMBED_STAGE = "embed"
 
 
 class TooManyErrors(RuntimeError):
@@ -44,6 +46,8 @@ class WriterConfig(NamedTuple):
     max_items: int
     max_error_fraction: float = 0.1
     tensor_format: str = "tsv"
+    preview: bool = True        # preview.png at the root
+    standalone: bool = False    # .bytes tensors + projector_config.json + index.html
 
 
 def join(base: str, *parts: str) -> str:
@@ -97,10 +101,15 @@ def select_for_publish(embedded: Sequence[Embedded], errors: Sequence[ErrorRow],
     """(kept rows in order, errors that count, errors to report).
 
     Failures past the last kept key were never needed, so they neither count
-    nor appear; input-list errors always appear but never count.
+    nor appear; input-list errors always appear but never count. The cut is
+    the N-th item that decoded (embedded or failed in the model): KeepFirstN
+    chose those before inference, and model failures are not backfilled, so
+    decode failures beyond that cut were never needed either.
     """
     kept = sorted(embedded, key=lambda e: order_key(e.item))[:max_items]
-    last = kept[-1].item.key if len(kept) == max_items else None
+    decoded = sorted([e.item.key for e in embedded]
+                     + [r.key for r in errors if r.stage == EMBED_STAGE])
+    last = decoded[max_items - 1] if len(decoded) >= max_items else None
     counted, reported = [], []
     for e in sorted(errors, key=lambda r: (r.key, r.ref, r.stage, r.reason)):
         if e.stage == INPUT_STAGE and e.key == 0:
@@ -116,12 +125,17 @@ class Assets(NamedTuple):
     tensors: List[Tuple[str, Tuple[int, int], str]]
     digest: str
     tile: int
+    # (name, shape, .bytes file) for the standalone projector; empty without --standalone
+    standalone_tensors: Sequence[Tuple[str, Tuple[int, int], str]] = ()
+    preview_png: Optional[bytes] = None
 
 
 def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
     n = len(kept)
     files = []
     tensors = []
+    standalone_tensors = []
+    matrices = []
     for t, name in enumerate(cfg.tensor_names):
         matrix = np.stack([e.vectors[t] for e in kept]).astype(np.float32)
         fmt = cfg.tensor_format
@@ -134,6 +148,13 @@ def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
         fname = tensor_file_name(name, len(cfg.tensor_names), fmt)
         files.append((fname, data))
         tensors.append((name, matrix.shape, fname))
+        matrices.append(matrix)
+        if cfg.standalone:
+            # the standalone projector reads float32 only from a .bytes path
+            bname = tensor_file_name(name, len(cfg.tensor_names), "binary")
+            if bname != fname:
+                files.append((bname, projector.tensor_binary(matrix)))
+            standalone_tensors.append((name, matrix.shape, bname))
     meta = projector.metadata_tsv(cfg.columns, [e.item.metadata for e in kept]).encode("utf-8")
     files.append((METADATA_NAME, meta))
     _, tile, _ = projector.sprite_geometry(n, cfg.tile)
@@ -142,7 +163,13 @@ def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
     h = hashlib.sha256()
     for fname, data in files:
         h.update(fname.encode() + b"\0" + hashlib.sha256(data).digest())
-    return Assets(files, tensors, h.hexdigest()[:16], tile)
+    # The preview is a view of these assets, not one TensorBoard reads: it
+    # stays out of the digest and goes to the root (see publish).
+    png = None
+    if cfg.preview:
+        png = preview.png_bytes(preview.render_preview(
+            [e.thumbnail for e in kept], matrices[0], tile))
+    return Assets(files, tensors, h.hexdigest()[:16], tile, standalone_tensors, png)
 
 
 def _referenced_data_dir(config_text: Optional[str]) -> Optional[str]:
@@ -168,24 +195,76 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
         [(name, shape, posixpath.join(folder, path)) for name, shape, path in assets.tensors],
         posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME), assets.tile)
     replace_file(config_path, config.encode("utf-8"), assets.digest)
+    _publish_extras(assets, out, folder)
     replace_file(join(out, ERRORS_NAME), errors_tsv(reported_errors), assets.digest)
     _remove_stale(out, keep=folder)
     return config
 
 
+def _publish_extras(assets: Assets, out: str, folder: str) -> None:
+    """preview.png and the standalone export, right after the config swap.
+
+    preview.png sits at the root only, where a bucket listing or an Airflow
+    artifact shows it; nothing references it, so it needs no content-addressed
+    copy, and writing it after the swap means it never shows data the config
+    does not point at yet. A file this run does not produce is removed, so a
+    stale preview or a standalone config naming a deleted folder never lingers.
+    """
+    preview_path = join(out, PREVIEW_NAME)
+    if assets.preview_png is not None:
+        replace_file(preview_path, assets.preview_png, assets.digest)
+    elif FileSystems.exists(preview_path):
+        FileSystems.delete([preview_path])
+    json_path = join(out, standalone.STANDALONE_CONFIG_NAME)
+    index_path = join(out, standalone.INDEX_NAME)
+    bundle_path = join(out, standalone.BUNDLE_NAME)
+    if assets.standalone_tensors:
+        text = standalone.config_json(
+            [(name, shape, posixpath.join(folder, path))
+             for name, shape, path in assets.standalone_tensors],
+            posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME), assets.tile)
+        replace_file(bundle_path, _projector_bundle(), assets.digest)
+        replace_file(index_path, standalone.index_html().encode("utf-8"), assets.digest)
+        replace_file(json_path, text.encode("utf-8"), assets.digest)
+        return
+    stale = [json_path, bundle_path]
+    try:
+        if standalone.INDEX_MARKER in (read_text(index_path) or ""):
+            stale.append(index_path)
+    except UnicodeDecodeError:  # not a page this writer produced
+        pass
+    stale = [p for p in stale if FileSystems.exists(p)]
+    if stale:
+        FileSystems.delete(stale)
+
+
+def _projector_bundle() -> bytes:
+    """TensorBoard's projector bundle from the installed package: the same
+    code as the standalone projector, so the export needs no download."""
+    import importlib.resources
+
+    return (importlib.resources.files(standalone.BUNDLE_PACKAGE)
+            .joinpath(standalone.BUNDLE_NAME).read_bytes())
+
+
 def _remove_stale(out: str, keep: str) -> None:
     """Drop data folders no config points at any more, and leftover temp files."""
+    # FileSystems.match lists files, never folders, so a folder is found by
+    # the files inside it ("data-**" matches at any depth, locally and in
+    # object stores). Deleting a local folder path removes it recursively;
+    # object stores delete a prefix given with a trailing "/".
     try:
-        matches = FileSystems.match([join(out, DATA_PREFIX + "*"), join(out, "*.tmp-*")])
+        matches = FileSystems.match([join(out, DATA_PREFIX + "**"), join(out, "*.tmp-*")])
     except Exception:  # noqa: BLE001 - nothing to clean
         return
     stale = set()
     for m in matches:
         for meta in m.metadata_list:
             rel = meta.path[len(out):].lstrip("/")
-            top = rel.split("/", 1)[0]
+            top, sep, _ = rel.partition("/")
             if top != keep:
-                stale.add(join(out, top))
+                remote_folder = sep and "://" in out
+                stale.add(join(out, top) + ("/" if remote_folder else ""))
     if stale:
         FileSystems.delete(sorted(stale))
 

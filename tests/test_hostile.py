@@ -1,0 +1,186 @@
+"""A hostile collection through the whole pipeline: every bad kind lands in
+errors.tsv with its stage and reason, every odd-but-valid image is embedded
+(upright, first frame), and a live TensorBoard serves the result."""
+import csv
+import io
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hostile_corpus
+from support import check_live_projector, run_pipeline
+from transforms import projector
+from transforms.decode import ImageError, decode_image, read_bytes
+
+TILE = 24
+# Pillow warns when it opens the 100-megapixel bomb; decode refuses it.
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+
+
+def read_tsv(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return [line.split("\t") for line in f.read().split("\n")[:-1]]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, model_path):
+    folder = str(tmp_path_factory.mktemp("hostile"))
+    csv_path, bad, good = hostile_corpus.build(folder)
+    out = os.path.join(folder, "logdir")
+    summary = run_pipeline(input=csv_path, model=model_path, embedding_layer="embedding",
+                           output=out, max_items=100, tile_size=TILE, max_error_fraction=0.5)
+    return folder, out, summary, bad, good
+
+
+def metadata_rows(out):
+    config = open(os.path.join(out, "projector_config.pbtxt")).read()
+    data_dir = [d for d in os.listdir(out) if d.startswith("data-")]
+    assert len(data_dir) == 1 and data_dir[0] in config
+    return read_tsv(os.path.join(out, data_dir[0], "metadata.tsv")), os.path.join(out, data_dir[0])
+
+
+def test_every_bad_item_is_a_dead_letter_with_stage_and_reason(hostile):
+    folder, out, summary, bad, good = hostile
+    rows = read_tsv(os.path.join(out, "errors.tsv"))
+    assert rows[0] == ["input", "stage", "reason"]
+    got = {r[0]: (r[1], r[2]) for r in rows[1:]}
+    expect = {os.path.join(folder, rel): v for rel, v in bad.items()}
+    assert set(got) == set(expect)
+    for ref, (stage, fragment) in expect.items():
+        assert got[ref][0] == stage, (ref, got[ref])
+        assert fragment in got[ref][1], (ref, got[ref])
+        assert got[ref][1].isprintable()
+    assert summary["read"] == len(bad) + len(good)
+    assert summary["failed"] == len(bad)
+    assert summary["written"] == len(good)
+
+
+def test_every_odd_but_valid_image_is_embedded(hostile):
+    folder, out, summary, bad, good = hostile
+    meta, _ = metadata_rows(out)
+    assert meta[0] == ["path", "kind", "label"]
+    paths = {r[0] for r in meta[1:]}
+    assert paths == {projector.escape_metadata_value(rel) for rel in good}
+    assert {r[1] for r in meta[1:]} == set(good.values())
+    # labels with tabs, line breaks or nothing at all stay in their own row
+    assert all(len(r) == 3 and r[2] for r in meta[1:])
+    assert {r[2] for r in meta[1:]} == {"tab inside", "line break", "<empty>", "cr lf", "plain"}
+
+
+def test_live_tensorboard_serves_the_hostile_run(hostile):
+    folder, out, summary, bad, good = hostile
+    meta, sprite = check_live_projector(out, n=len(good), dims={"embedding": 8}, tile=TILE)
+    assert len(meta.rstrip("\n").split("\n")) == len(good) + 1
+
+
+def tile_of(out, rel):
+    """The sprite tile of CSV path ``rel``, cropped from the published sprite."""
+    meta, data_dir = metadata_rows(out)
+    index = [r[0] for r in meta[1:]].index(rel)
+    sprite = Image.open(os.path.join(data_dir, "sprite.png"))
+    per_side = math.ceil(math.sqrt(len(meta) - 1))
+    x0, y0 = projector.tile_origin(index, per_side, TILE)
+    return np.asarray(sprite.crop((x0, y0, x0 + TILE, y0 + TILE)))
+
+
+def opaque_box(tile):
+    ys, xs = np.nonzero(tile[..., 3] == 255)
+    return tile[ys.min():ys.max() + 1, xs.min():xs.max() + 1, :3]
+
+
+def test_exif_rotated_jpeg_is_drawn_upright(hostile):
+    folder, out, *_ = hostile
+    # Stored 40x20 red|blue with Orientation 6: upright it is 20x40, red on top.
+    box = opaque_box(tile_of(out, "imgs/exif_rotated.jpg"))
+    h, w, _ = box.shape
+    assert (w, h) == (TILE // 2, TILE)
+    top, bottom = box[: h // 2 - 2].reshape(-1, 3).mean(0), box[h // 2 + 2:].reshape(-1, 3).mean(0)
+    assert top[0] > 200 and top[2] < 60, top
+    assert bottom[2] > 200 and bottom[0] < 60, bottom
+
+
+@pytest.mark.parametrize("rel", ["imgs/animated.gif", "imgs/animated.webp"])
+def test_animated_images_use_their_first_frame(hostile, rel):
+    folder, out, *_ = hostile
+    box = opaque_box(tile_of(out, rel)).reshape(-1, 3).astype(float)
+    # frame 1 is the gradient (blue 96 everywhere), frame 2 is plain green
+    assert abs(box[:, 2].mean() - 96) < 12 and box[:, 0].std() > 30
+
+
+def test_extreme_aspect_ratios_keep_their_shape(hostile):
+    folder, out, *_ = hostile
+    tall = opaque_box(tile_of(out, "imgs/tall_1x20.png"))
+    wide = opaque_box(tile_of(out, "imgs/wide_20x1.jpg"))
+    assert tall.shape[:2] == (TILE, 1) and wide.shape[:2] == (1, TILE)
+
+
+# --- decode unit checks for the odd-but-valid kinds -------------------------
+
+def _decode(data, tile=TILE):
+    return decode_image(data, (16, 16), tile)
+
+
+def _thumb(thumb):
+    return np.frombuffer(thumb.rgb, np.uint8).reshape(thumb.height, thumb.width, 3).astype(float)
+
+
+def test_colour_conversions_keep_the_picture():
+    src = hostile_corpus._gradient(48, 32)
+    expect = np.asarray(Image.fromarray(src).resize((24, 16), Image.BILINEAR), float)
+    images = hostile_corpus._good_images()
+    for name in ("cmyk.jpg", "ycbcr.jpg", "image.tiff", "image.bmp", "still.webp",
+                 "really_a_png.jpg", "really_a_jpeg.png"):
+        _, thumb = _decode(images[name][1])
+        got = _thumb(thumb)
+        assert got.shape == expect.shape, name
+        assert np.abs(got - expect).mean() < 12, name
+
+
+def test_sixteen_bit_png_uses_its_full_range():
+    _, thumb = _decode(hostile_corpus._good_images()["gray16.png"][1])
+    got = _thumb(thumb)
+    assert got.min() < 20 and got.max() > 235   # 0..65535 maps onto 0..255, not clipped
+
+
+def test_transparency_is_composited_over_white():
+    img = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    img.paste((255, 0, 0, 255), (0, 0, 5, 10))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    _, thumb = decode_image(buf.getvalue(), (16, 16), 10)
+    got = _thumb(thumb)
+    assert (got[:, :5] == (255, 0, 0)).all() and (got[:, 5:] == 255).all()
+
+
+def test_float_tiff_with_nan_decodes():
+    arr = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    arr[0, 0] = np.nan
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="F").save(buf, "TIFF")
+    pixels, _ = _decode(buf.getvalue())
+    assert pixels.dtype == np.uint8 and pixels.shape == (16, 16, 3)
+
+
+def test_bomb_is_refused_before_its_pixels_are_decoded():
+    data = hostile_corpus.bomb_png(20000, 20000)
+    assert len(data) < 1_000_000   # small on disk, 400 megapixels decoded
+    with pytest.raises(ImageError, match="decompression bomb"):
+        _decode(data)
+
+
+def test_read_errors_are_one_line_reasons(tmp_path):
+    with pytest.raises(ImageError, match="^file not found$"):
+        read_bytes(str(tmp_path / "nope.png"))
+    with pytest.raises(ImageError, match="^is a directory"):
+        read_bytes(str(tmp_path))
+
+
+def test_hostile_csv_paths_round_trip(hostile):
+    folder, *_ , good = hostile
+    with open(os.path.join(folder, "hostile.csv"), encoding="utf-8", newline="") as f:
+        paths = {row["path"] for row in csv.DictReader(f)}
+    assert set(good) <= paths
+    assert any("\t" in p for p in paths) and any('"' in p for p in paths)

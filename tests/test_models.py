@@ -1,0 +1,185 @@
+"""Models: SavedModels (signature, output keys), Keras files, several embeddings per run."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+from pipeline.preflight import UsageError
+from support import check_live_projector, run_pipeline
+from transforms.decode import decode_image, read_bytes
+from transforms.inference import ModelSpec, load_embedding_model
+
+SIDE = 16
+
+
+class Embedder(tf.Module):
+    """A tiny image model with two signatures, written the way TF users export."""
+
+    def __init__(self):
+        super().__init__()
+        rng = np.random.default_rng(0)
+        self.w = tf.Variable(rng.normal(size=(3, 4)).astype("float32"))
+        self.v = tf.Variable(rng.normal(size=(4, 2)).astype("float32"))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, SIDE, SIDE, 3], tf.float32, name="pixels")])
+    def serve(self, pixels):
+        emb = tf.tanh(tf.reduce_mean(pixels, axis=[1, 2]) / 255.0 @ self.w)
+        return {"embedding": emb, "logits": emb @ self.v}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, SIDE, SIDE, 3], tf.float32, name="images")])
+    def stats(self, images):
+        return {"mean": tf.reduce_mean(images, axis=[1, 2])}
+
+
+def export_module(path):
+    """Export ``Embedder`` as a SavedModel directory; returns the path."""
+    module = Embedder()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve,
+                                                   "stats": module.stats})
+    return path
+
+
+def expected_serve(pixels):
+    """What ``Embedder.serve`` computes, in numpy."""
+    m = Embedder()
+    emb = np.tanh(pixels.astype(np.float32).mean(axis=(1, 2)) / 255.0 @ m.w.numpy())
+    return {"embedding": emb, "logits": emb @ m.v.numpy()}
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    return export_module(str(tmp_path_factory.mktemp("sm") / "embedder"))
+
+
+def load_run(out):
+    config = text_format.Parse(open(os.path.join(out, "projector_config.pbtxt")).read(),
+                               ProjectorConfig())
+    tensors = {e.tensor_name: np.loadtxt(os.path.join(out, e.tensor_path), delimiter="\t",
+                                         dtype=np.float32, ndmin=2) for e in config.embeddings}
+    meta = open(os.path.join(out, config.embeddings[0].metadata_path)).read().split("\n")
+    return config, tensors, meta
+
+
+def pixels_of(meta, csv_path, n):
+    base = os.path.dirname(csv_path)
+    return np.stack([decode_image(read_bytes(os.path.join(base, line.split("\t")[0])),
+                                  (SIDE, SIDE), 16)[0] for line in meta[1:n + 1]])
+
+
+@pytest.fixture(scope="module")
+def two_output_run(saved_model, digits, tmp_path_factory):
+    csv_path, _ = digits
+    out = str(tmp_path_factory.mktemp("sm-run") / "logdir")
+    summary = run_pipeline(input=csv_path, model=saved_model, embedding_output="embedding,logits",
+                           output=out, max_items=30, tile_size=16)
+    return out, summary
+
+
+def test_savedmodel_outputs_become_separate_tensors(two_output_run, digits):
+    out, summary = two_output_run
+    assert summary["written"] == 30
+    config, tensors, meta = load_run(out)
+    names = [e.tensor_name for e in config.embeddings]
+    assert names == ["embedding", "logits"]
+    assert [list(e.tensor_shape) for e in config.embeddings] == [[30, 4], [30, 2]]
+    # each its own tensor file; one metadata file and one sprite shared
+    assert len({e.tensor_path for e in config.embeddings}) == 2
+    assert len({e.metadata_path for e in config.embeddings}) == 1
+    assert len({e.sprite.image_path for e in config.embeddings}) == 1
+    expected = expected_serve(pixels_of(meta, digits[0], 30))
+    for name in names:
+        np.testing.assert_allclose(tensors[name], expected[name], rtol=1e-5, atol=1e-5)
+
+
+def test_live_tensorboard_serves_every_tensor(two_output_run):
+    out, _ = two_output_run
+    meta, _ = check_live_projector(out, n=30, dims={"embedding": 4, "logits": 2}, tile=16)
+    assert meta.split("\n")[0] == "path\tlabel"
+
+
+def test_signature_and_pixel_scale_reach_the_model(saved_model, digits, tmp_path):
+    """--signature picks the function; --pixel_scale unit feeds it 0-1 pixels."""
+    csv_path, _ = digits
+    out = str(tmp_path / "o")
+    run_pipeline(input=csv_path, model=saved_model, signature="stats", pixel_scale="unit",
+                 output=out, max_items=10, tile_size=16)
+    config, tensors, meta = load_run(out)
+    assert [e.tensor_name for e in config.embeddings] == ["mean"]
+    expected = pixels_of(meta, csv_path, 10).astype(np.float32).mean(axis=(1, 2)) / 255.0
+    np.testing.assert_allclose(tensors["mean"], expected, rtol=1e-5, atol=1e-6)
+    assert tensors["mean"].max() <= 1.0 and tensors["mean"].max() > 0.5
+
+
+def test_unknown_signature_and_output_name_what_exists(saved_model, digits, tmp_path):
+    csv_path, _ = digits
+    with pytest.raises(UsageError, match="has no signature 'nope'.*serving_default, stats"):
+        run_pipeline(input=csv_path, model=saved_model, signature="nope", output=str(tmp_path))
+    with pytest.raises(UsageError, match="unknown embedding output pooled.*embedding, logits"):
+        run_pipeline(input=csv_path, model=saved_model, embedding_output="pooled",
+                     output=str(tmp_path))
+
+
+def test_keras_export_savedmodel_default_output(model_path, digits, tmp_path):
+    """A Keras 3 ``model.export`` SavedModel: one output, taken by default."""
+    import keras
+    exported = str(tmp_path / "exported")
+    keras.saving.load_model(model_path).export(exported, verbose=False)
+    out = str(tmp_path / "o")
+    run_pipeline(input=digits[0], model=exported, output=out, max_items=8, tile_size=16)
+    config, tensors, _ = load_run(out)
+    (name, tensor), = tensors.items()
+    assert tensor.shape == (8, 3)  # the tiny model's logits
+
+
+def test_several_keras_layers_in_one_model_call(model_path):
+    model = load_embedding_model(ModelSpec(uri=model_path, layers=("embedding", "pool")))
+    calls = []
+    inner = model._fn
+    model._fn = lambda x: calls.append(len(x)) or inner(x)
+    batch = np.random.default_rng(0).integers(0, 256, (5, SIDE, SIDE, 3), dtype=np.uint8)
+    mats = model.embed(batch)
+    assert calls == [5]
+    assert model.names == ["embedding", "pool"]
+    assert [m.shape for m in mats] == [(5, 8), (5, 8)]
+    assert not np.allclose(mats[0], mats[1])
+
+
+def test_several_keras_layers_become_separate_tensors(model_path, digits, tmp_path):
+    import keras
+    out = str(tmp_path / "o")
+    run_pipeline(input=digits[0], model=model_path, embedding_layer="embedding,pool",
+                 output=out, max_items=10, tile_size=16)
+    config, tensors, meta = load_run(out)
+    assert [e.tensor_name for e in config.embeddings] == ["embedding", "pool"]
+    keras_model = keras.saving.load_model(model_path)
+    x = pixels_of(meta, digits[0], 10).astype("float32")
+    for name in ("embedding", "pool"):
+        sub = keras.Model(keras_model.inputs, keras_model.get_layer(name).output)
+        np.testing.assert_allclose(tensors[name], sub.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_h5_file_loads_and_cuts_at_a_layer(tmp_path):
+    import support
+    h5 = support.tiny_model(str(tmp_path / "tiny.h5"))
+    model = load_embedding_model(ModelSpec(uri=h5, layers=("embedding",)))
+    assert model.input_size == (SIDE, SIDE, 3)
+    (mat,) = model.embed(np.zeros((2, SIDE, SIDE, 3), np.uint8))
+    assert mat.shape == (2, 8)
+
+
+def test_uint8_savedmodel_input(tmp_path):
+    """Exported detection/hub-style models take uint8 images: raw pixels cast exactly."""
+    class Sum(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 3], tf.uint8, name="image")])
+        def serve(self, image):
+            return {"total": tf.reduce_sum(tf.cast(image, tf.float32), axis=[1, 2])}
+
+    module = Sum()
+    tf.saved_model.save(module, str(tmp_path / "u8"), signatures={"serving_default": module.serve})
+    model = load_embedding_model(ModelSpec(uri=str(tmp_path / "u8")))
+    batch = np.full((2, 4, 4, 3), 255, np.uint8)
+    (mat,) = model.embed(batch)
+    np.testing.assert_array_equal(mat, np.full((2, 3), 255 * 16, np.float32))
