@@ -62,8 +62,10 @@ class ProjectorOptions(PipelineOptions):
                        help="how images are fitted to the model input (default: pad)")
         g.add_argument("--pixel_scale", default="raw", choices=PIXEL_SCALES,
                        help="raw: 0-255 (default), unit: 0-1, symmetric: -1-1")
-        g.add_argument("--tensor_format", default="tsv", choices=TENSOR_FORMATS,
-                       help="tsv (default) or binary little-endian float32")
+        # binary is the default: a live TensorBoard answers /tensor for
+        # 10,000 x 1280 many times faster than from TSV (BENCHMARKS.md).
+        g.add_argument("--tensor_format", default="binary", choices=TENSOR_FORMATS,
+                       help="binary little-endian float32 (default, fast to load) or tsv")
         g.add_argument("--max_error_fraction", type=float, default=0.1,
                        help="fail the job when more of the sampled items fail (default: 0.1)")
         g.add_argument("--no_preview", action="store_true", default=False,

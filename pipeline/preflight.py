@@ -11,7 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import MAX_TILE, MIN_TILE
 from transforms import projector, sources
-from transforms.inference import ModelSpec, load_embedding_model
+from transforms.inference import ModelSpec, shared_embedding_model
 
 
 class UsageError(ValueError):
@@ -83,7 +83,7 @@ def make_plan(po) -> Plan:
     spec = ModelSpec(uri=po.model, layers=po.layers, signature=po.signature,
                      outputs=po.outputs, pixel_scale=po.pixel_scale)
     try:
-        model = load_embedding_model(spec)
+        model = shared_embedding_model(spec)
     except ValueError as e:
         raise UsageError(str(e)) from None
     _check_output(po.output)

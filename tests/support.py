@@ -53,6 +53,13 @@ def tiny_model(path, side=16, embedding_dim=8, channels=3):
     return path
 
 
+def load_tensor(path, shape):
+    """A tensor file as the projector reads it: TSV text, or raw float32 (.bytes)."""
+    if str(path).endswith(".bytes"):
+        return np.fromfile(path, dtype="<f4").reshape([int(s) for s in shape])
+    return np.loadtxt(path, delimiter="\t", dtype=np.float32, ndmin=2)
+
+
 def run_pipeline(*args, **flags):
     """Run the pipeline in-process; flags become --key value."""
     from pipeline.run import run

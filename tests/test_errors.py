@@ -22,11 +22,16 @@ def read_tsv(path):
 
 def published(out):
     """(metadata rows without header, tensor) of the logdir's current config."""
-    config = open(os.path.join(out, "projector_config.pbtxt")).read()
-    data = [d for d in os.listdir(out) if d.startswith("data-") and d in config]
-    assert len(data) == 1
-    meta = read_tsv(os.path.join(out, data[0], "metadata.tsv"))[1:]
-    tensor = np.loadtxt(os.path.join(out, data[0], "feature_vecs.tsv"), delimiter="\t", ndmin=2)
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+    from support import load_tensor
+
+    config = text_format.Parse(open(os.path.join(out, "projector_config.pbtxt")).read(),
+                               ProjectorConfig())
+    emb = config.embeddings[0]
+    meta = read_tsv(os.path.join(out, emb.metadata_path))[1:]
+    tensor = load_tensor(os.path.join(out, emb.tensor_path), emb.tensor_shape)
     return meta, tensor
 
 

@@ -8,7 +8,7 @@ from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
 from pipeline.preflight import UsageError
-from support import check_live_projector, run_pipeline
+from support import check_live_projector, load_tensor, run_pipeline
 from transforms.decode import decode_image, read_bytes
 from transforms.inference import ModelSpec, load_embedding_model
 
@@ -57,8 +57,8 @@ def saved_model(tmp_path_factory):
 def load_run(out):
     config = text_format.Parse(open(os.path.join(out, "projector_config.pbtxt")).read(),
                                ProjectorConfig())
-    tensors = {e.tensor_name: np.loadtxt(os.path.join(out, e.tensor_path), delimiter="\t",
-                                         dtype=np.float32, ndmin=2) for e in config.embeddings}
+    tensors = {e.tensor_name: load_tensor(os.path.join(out, e.tensor_path), e.tensor_shape)
+               for e in config.embeddings}
     meta = open(os.path.join(out, config.embeddings[0].metadata_path)).read().split("\n")
     return config, tensors, meta
 

@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-from support import check_live_projector, run_pipeline, write_digits
+from support import check_live_projector, load_tensor, run_pipeline, write_digits
 from transforms import projector
 from transforms.decode import decode_image, read_bytes
 
@@ -20,7 +20,7 @@ def load_logdir(out):
     emb = config.embeddings[0]
     path = lambda rel: os.path.join(out, rel)  # noqa: E731
     meta = open(path(emb.metadata_path), encoding="utf-8").read().split("\n")
-    tensor = np.loadtxt(path(emb.tensor_path), delimiter="\t", dtype=np.float32, ndmin=2)
+    tensor = load_tensor(path(emb.tensor_path), emb.tensor_shape)
     sprite = Image.open(path(emb.sprite.image_path))
     return config, meta, tensor, sprite
 
@@ -55,8 +55,21 @@ def test_logdir_files_and_config(digits_run):
     assert meta[0] == "path\tlabel"
     assert meta[-1] == "" and len(meta) == 52  # header + 50 rows + final newline
     assert sprite.size == (8 * 24, 8 * 24) and sprite.mode == "RGBA"
+    assert emb.tensor_path.endswith(".bytes")  # the default: loads far faster than TSV
+    assert os.path.getsize(os.path.join(out, emb.tensor_path)) == 50 * 8 * 4
+
+
+def test_tsv_tensor_has_no_header_and_no_empty_field(digits, model_path, tmp_path):
+    csv_path, _ = digits
+    out = str(tmp_path / "o")
+    run_pipeline(input=csv_path, model=model_path, output=out, max_items=10, tile_size=16,
+                 tensor_format="tsv", embedding_layer="embedding")
+    config, _, tensor, _ = load_logdir(out)
+    emb = config.embeddings[0]
     raw = open(os.path.join(out, emb.tensor_path)).read()
+    assert emb.tensor_path.endswith("feature_vecs.tsv") and tensor.shape == (10, 8)
     assert "\t\n" not in raw and "\t\t" not in raw and not raw.startswith("\t")
+    assert len(raw.rstrip("\n").split("\n")) == 10
 
 
 def test_row_i_tile_i_and_vector_i_are_the_same_image(digits_run, digits, model_path):

@@ -171,7 +171,8 @@ def test_csv_images_keras_model_and_logdir_all_remote(bucket, digits, model_path
     assert meta[0] == "path\tlabel" and len(meta) == 14
     by_path = {r["path"]: r["label"] for r in rows}
     assert all(by_path[line.split("\t")[0]] == line.split("\t")[1] for line in meta[1:13])
-    tensor = np.loadtxt(read(emb.tensor_path).decode().splitlines(), delimiter="\t", ndmin=2)
+    assert emb.tensor_path.endswith(".bytes")
+    tensor = np.frombuffer(read(emb.tensor_path), dtype="<f4").reshape(list(emb.tensor_shape))
     assert tensor.shape == (12, 8)
     assert read("errors.tsv") == b"input\tstage\treason\n"
 

@@ -57,7 +57,7 @@ def run(digits, model_path, out, *flags, **kw):
 
 def test_pipeline_standalone_export_matches_the_tensorboard_logdir(digits, model_path, tmp_path):
     out = tmp_path / "logdir"
-    run(digits, model_path, out, "--standalone")
+    run(digits, model_path, out, "--standalone", tensor_format="tsv")
     config = json.loads((out / standalone.STANDALONE_CONFIG_NAME).read_text())
     (emb,) = config["embeddings"]
     assert emb["tensorName"] == "embedding" and emb["tensorShape"] == [25, 8]

@@ -10,6 +10,7 @@ so RunInference still shares one model per worker process and batches.
 import os
 import shutil
 import tempfile
+import threading
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -201,6 +202,37 @@ def load_embedding_model(spec: ModelSpec) -> EmbeddingModel:
                      f"saved_model.pb inside; expected {ACCEPTED}")
 
 
+_LOADED = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _fingerprint(uri: str):
+    """(size, mtime) of the model file, or of saved_model.pb for a folder."""
+    probe = uri if uri.rstrip("/").endswith(KERAS_SUFFIXES) else uri.rstrip("/") + "/saved_model.pb"
+    try:
+        meta = FileSystems.match([probe])[0].metadata_list[0]
+        return meta.size_in_bytes, getattr(meta, "last_updated_in_seconds", None)
+    except Exception:  # noqa: BLE001 - unknown: never reuse
+        return None
+
+
+def shared_embedding_model(spec: ModelSpec) -> EmbeddingModel:
+    """``load_embedding_model`` once per process and model file version.
+
+    The launcher loads the model to check it; with the in-process runner the
+    worker is the same process, so it reuses that load instead of paying for
+    a second one (seconds for an ImageNet-sized model).
+    """
+    key = (spec, _fingerprint(spec.uri))
+    if key[1] is None:
+        return load_embedding_model(spec)
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            _LOADED.clear()  # hold at most one model: they can be large
+            _LOADED[key] = load_embedding_model(spec)
+        return _LOADED[key]
+
+
 class EmbeddingModelHandler(ModelHandler):
     """uint8 image arrays -> tuples of embedding vectors, batched and shared."""
 
@@ -210,7 +242,7 @@ class EmbeddingModelHandler(ModelHandler):
         self._batch_size = batch_size
 
     def load_model(self) -> EmbeddingModel:
-        return load_embedding_model(self._spec)
+        return shared_embedding_model(self._spec)
 
     def run_inference(self, batch, model: EmbeddingModel, inference_args=None):
         # Every model call gets exactly batch_size rows (a short batch is

@@ -48,9 +48,11 @@ def pca_2d(matrix) -> np.ndarray:
         for i in range(0, n, _CHUNK):
             c = x[i:i + _CHUNK].astype(np.float64) - mean
             scatter += c.T @ c
-        # The scatter matrix is symmetric PSD: its right singular vectors are
-        # the principal axes, its singular values the squared ones of X.
-        _, s, vt = np.linalg.svd(scatter)
+        # The scatter matrix is symmetric PSD: its eigenvectors are the
+        # principal axes. eigh is several times cheaper than an SVD here.
+        w, v = np.linalg.eigh(scatter)
+        order = np.argsort(w)[::-1]
+        s, vt = np.clip(w[order], 0.0, None), v[:, order].T
     k = min(2, vt.shape[0])
     axes = vt[:k].copy()
     scale = s[0] if s.size and s[0] > 0 else 1.0
