@@ -13,6 +13,21 @@ from transforms.write import TENSOR_FORMATS
 MIN_TILE, MAX_TILE = 8, 1024
 
 
+def parse_image_size(value):
+    """'224' or '224x160' (height x width) -> (h, w); '' -> ()."""
+    if not value:
+        return ()
+    parts = str(value).lower().replace("*", "x").split("x")
+    try:
+        hw = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--image_size must be HEIGHTxWIDTH or one number, got {value!r}") from None
+    hw = hw * 2 if len(hw) == 1 else hw
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"--image_size must be HEIGHTxWIDTH or one number, got {value!r}")
+    return hw
+
+
 def _csv_list(value):
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
@@ -49,6 +64,9 @@ class ProjectorOptions(PipelineOptions):
                        help="SavedModel signature to call (default: serving_default)")
         g.add_argument("--embedding_output", default="",
                        help="SavedModel output key(s) to use as embeddings, comma-separated")
+        g.add_argument("--image_size", default="",
+                       help="model input HEIGHTxWIDTH (or one number), for models that "
+                       "accept any image size; must match a fixed input size")
         g.add_argument("--output", help="logdir to write (local path or any Beam filesystem URI)")
         g.add_argument("--max_items", type=int, default=1500,
                        help="sample size N (default: 1500)")
@@ -85,6 +103,11 @@ class ProjectorOptions(PipelineOptions):
     @property
     def outputs(self):
         return _csv_list(self.embedding_output)
+
+    @property
+    def image_hw(self):
+        """--image_size as (height, width); () when not given."""
+        return parse_image_size(self.image_size)
 
     @property
     def metadata_feature_list(self):

@@ -80,8 +80,12 @@ def make_plan(po) -> Plan:
                              f"{', '.join(columns)}")
         label_index = columns.index(po.label_column)
 
+    try:
+        image_size = po.image_hw
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     spec = ModelSpec(uri=po.model, layers=po.layers, signature=po.signature,
-                     outputs=po.outputs, pixel_scale=po.pixel_scale)
+                     outputs=po.outputs, pixel_scale=po.pixel_scale, image_size=image_size)
     try:
         model = shared_embedding_model(spec)
     except ValueError as e:

@@ -183,3 +183,46 @@ def test_uint8_savedmodel_input(tmp_path):
     batch = np.full((2, 4, 4, 3), 255, np.uint8)
     (mat,) = model.embed(batch)
     np.testing.assert_array_equal(mat, np.full((2, 3), 255 * 16, np.float32))
+
+
+class AnySize(tf.Module):
+    """Hub-style export: images of any height and width."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+    def serve(self, images):
+        shape = tf.cast(tf.shape(images)[1:3], tf.float32)
+        return {"size": tf.tile(shape[None, :], [tf.shape(images)[0], 1]),
+                "mean": tf.reduce_mean(images, axis=[1, 2])}
+
+
+@pytest.fixture(scope="module")
+def any_size_model(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("anysize") / "m")
+    module = AnySize()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    return path
+
+
+def test_any_size_model_needs_image_size(any_size_model, digits, tmp_path):
+    csv_path, _ = digits
+    with pytest.raises(UsageError, match="--image_size HEIGHTxWIDTH"):
+        run_pipeline(input=csv_path, model=any_size_model, output=str(tmp_path / "o"))
+    with pytest.raises(UsageError, match="--image_size"):
+        run_pipeline(input=csv_path, model=any_size_model, output=str(tmp_path / "o"),
+                     image_size="12xbig")
+
+
+def test_image_size_reaches_the_model(any_size_model, digits, tmp_path):
+    csv_path, _ = digits
+    out = str(tmp_path / "o")
+    run_pipeline(input=csv_path, model=any_size_model, embedding_output="size", image_size="12x20",
+                 output=out, max_items=4, tile_size=16)
+    _, tensors, _ = load_run(out)
+    np.testing.assert_array_equal(tensors["size"], np.tile([[12, 20]], (4, 1)).astype(np.float32))
+
+
+def test_image_size_must_match_a_fixed_input(saved_model, digits, tmp_path):
+    csv_path, _ = digits
+    with pytest.raises(UsageError, match="takes 16x16 images; --image_size 32x32 does not match"):
+        run_pipeline(input=csv_path, model=saved_model, image_size="32",
+                     output=str(tmp_path / "o"))

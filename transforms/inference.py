@@ -37,6 +37,24 @@ class ModelSpec(NamedTuple):
     signature: str = "serving_default"    # SavedModel only
     outputs: Tuple[str, ...] = ()         # SavedModel output keys; () = the only/first one
     pixel_scale: str = "raw"
+    image_size: Tuple[int, ...] = ()      # (height, width) for models that accept any size
+
+
+def resolve_input_shape(shape, image_size, what: str) -> Tuple[int, int, int]:
+    """A fixed (height, width, channels); ``image_size`` fills the height and
+    width a model leaves open (common for SavedModels exported from TF Hub)."""
+    if len(shape) != 3:
+        raise ModelError(f"{what} has shape {shape}; expected a (height, width, channels) image")
+    h, w, c = shape
+    if image_size:
+        ih, iw = image_size
+        if (h is not None and h != ih) or (w is not None and w != iw):
+            raise ModelError(f"{what} takes {h}x{w} images; --image_size {ih}x{iw} does not match")
+        h, w = ih, iw
+    if h is None or w is None:
+        raise ModelError(f"{what} accepts any image size ({h}x{w}); "
+                         "set --image_size HEIGHTxWIDTH to the size it was trained on")
+    return int(h), int(w), int(c) if c is not None else 3
 
 
 def scale_pixels(batch: np.ndarray, pixel_scale: str) -> np.ndarray:
@@ -133,13 +151,11 @@ def _keras_model(path: str, spec: ModelSpec) -> EmbeddingModel:
         outputs = list(model.outputs)
         names = [model.layers[-1].name] if len(outputs) == 1 else [o.name for o in outputs]
     sub = keras.Model(model.inputs, outputs)
-    shape = tuple(model.inputs[0].shape[1:])
-    if len(shape) != 3 or None in shape:
-        raise ModelError(f"model input shape {model.inputs[0].shape} is not a fixed "
-                         "(height, width, channels) image")
+    shape = resolve_input_shape(tuple(model.inputs[0].shape[1:]), spec.image_size,
+                                f"model input {model.inputs[0].shape}")
 
-    # A traced function avoids Keras' per-call Python dispatch; the batch
-    # dimension is left open so the last, smaller batch needs no re-trace.
+    # A traced function avoids Keras' per-call Python dispatch; batches are
+    # padded to one size (EmbeddingModelHandler), so it traces once.
     @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.float32)],
                  reduce_retracing=True)
     def call(x):
@@ -167,10 +183,8 @@ def _saved_model(path: str, spec: ModelSpec) -> EmbeddingModel:
         raise ModelError(f"signature {spec.signature!r} takes {len(kwargs)} inputs "
                          f"({', '.join(kwargs)}); an image model takes one")
     input_name, input_spec = next(iter(kwargs.items()))
-    shape = tuple(input_spec.shape[1:])
-    if len(shape) != 3 or None in shape:
-        raise ModelError(f"SavedModel input {input_name} has shape {input_spec.shape}; "
-                         "expected a fixed (batch, height, width, channels) image")
+    shape = resolve_input_shape(tuple(input_spec.shape[1:]), spec.image_size,
+                                f"SavedModel input {input_name} {input_spec.shape}")
     out_keys = sorted(fn.structured_outputs)
     wanted = list(spec.outputs or spec.layers) or out_keys[:1]
     unknown = [k for k in wanted if k not in out_keys]
