@@ -15,12 +15,12 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 
 from pipeline.config import expand_config
 from pipeline.options import ProjectorOptions
-from pipeline.preflight import Plan, UsageError, make_plan
+from pipeline.preflight import Plan, UsageError, failure_margin, make_plan
 from pipeline.progress import COUNTERS, LogProgress, read_counters, write_summary
 from transforms.decode import DecodeImages
 from transforms.inference import EmbedImages
 from transforms.items import order_key
-from transforms.sampling import SampleItems
+from transforms.sampling import KeepFirstPerLabel, SampleItems
 from transforms.sources import ReadImageRefs
 from transforms.write import WriteProjectorLogdir, WriterConfig
 
@@ -36,6 +36,10 @@ def _count(name):
     return inc
 
 
+def _item_of(decoded):
+    return decoded.item
+
+
 def _nth_key(keys):
     return keys[-1] if keys else None
 
@@ -48,14 +52,21 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     """The graph: read -> sample -> reshuffle -> decode -> keep N -> embed -> write."""
     refs, read_errors = p | "ReadInput" >> ReadImageRefs(plan.source)
     refs = refs | "ProgressRead" >> LogProgress("read")
+    # Each label's quota gets the same kind of failure margin as the total.
+    per_label = po.max_per_label
+    sample_per_label = (per_label + failure_margin(per_label, po.max_error_fraction)
+                        if per_label else None)
     sampled = (refs
                | "Sample" >> SampleItems(plan.sample_size, po.seed,
-                                         per_label=po.max_per_label, label_index=plan.label_index)
+                                         per_label=sample_per_label, label_index=plan.label_index)
                | "CountSampled" >> beam.Map(_count("sampled"))
                | "Spread" >> beam.Reshuffle())
     decoded, decode_errors = sampled | "Decode" >> DecodeImages(
         plan.model_size, plan.tile, po.resize)
     decoded = decoded | "ProgressDecoded" >> LogProgress("decoded")
+    if per_label:
+        decoded = decoded | "KeepFirstPerLabel" >> KeepFirstPerLabel(
+            per_label, plan.label_index, item_of=_item_of)
     # The sample holds a margin beyond N so that failed images do not shrink
     # the output; keep exactly the first N that decoded, in key order, before
     # paying for inference.

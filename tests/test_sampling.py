@@ -65,3 +65,40 @@ def test_per_label_quota():
         got = (p | beam.Create(refs) | SampleItems(50, seed=0, per_label=5, label_index=1)
                | beam.Map(lambda r: r.metadata[1]) | beam.combiners.Count.PerElement())
         assert_that(got, equal_to([("cat", 5), ("dog", 5)]))
+
+
+def test_per_label_quota_is_refilled_when_images_fail(digits, model_path, tmp_path):
+    """Failed images inside a label's first K keys do not shrink that label."""
+    import csv
+    import os
+    import shutil
+
+    from support import run_pipeline
+
+    csv_path, rows = digits
+    base = os.path.dirname(csv_path)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    table = []
+    for i, r in enumerate(rows[:20]):
+        name = f"img_{i:02d}.png"
+        shutil.copy(os.path.join(base, r["path"]), folder / name)
+        table.append([name, "a" if i < 10 else "b"])
+    uid = lambda row: "\x1f".join(row)  # noqa: E731 - the CSV source's uid
+    a_rows = sorted((r for r in table if r[1] == "a"), key=lambda r: sample_key(uid(r), 0))
+    for name, _ in a_rows[:2]:           # break label a's two first picks
+        (folder / name).write_bytes(b"")
+    with open(folder / "images.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label"]] + table)
+    out = tmp_path / "out"
+    summary = run_pipeline(input=str(folder / "images.csv"), model=model_path,
+                           output=str(out), max_items=100, max_per_label=3,
+                           max_error_fraction=0.4, tile_size=16)
+    assert summary["written"] == 6
+    meta = [line.split("\t") for line in
+            next(out.glob("data-*/metadata.tsv")).read_text().splitlines()[1:]]
+    assert sorted(label for _, label in meta) == ["a"] * 3 + ["b"] * 3
+    assert sorted(p for p, label in meta if label == "a") == sorted(r[0] for r in a_rows[2:5])
+    errors = (out / "errors.tsv").read_text().splitlines()[1:]
+    assert sorted(e.split("\t")[0].rsplit("/", 1)[-1] for e in errors) == sorted(
+        r[0] for r in a_rows[:2])

@@ -60,3 +60,26 @@ class SampleItems(beam.PTransform):
             keyed
             | "BottomK" >> beam.combiners.Top.Of(self._n, key=order_key, reverse=True)
             | "Unpack" >> beam.FlatMap(lambda items: items))
+
+
+class KeepFirstPerLabel(beam.PTransform):
+    """Keep, per label, the ``k`` elements with the smallest keys.
+
+    Applied after decoding, so a label whose sampled images partly failed
+    still gets its ``k`` from the margin sampled beyond it. ``item_of`` maps
+    an element to its ImageRef.
+    """
+
+    def __init__(self, k: int, label_index: int, item_of=lambda e: e):
+        super().__init__()
+        self._k, self._label_index, self._item_of = k, label_index, item_of
+
+    def expand(self, elements):
+        idx, item_of = self._label_index, self._item_of
+        cut = (elements
+               | "LabelKeys" >> beam.Map(lambda e: (_label_of(item_of(e), idx), order_key(item_of(e))))
+               | "FirstKPerLabel" >> beam.combiners.Top.PerKey(self._k, reverse=True)
+               | "LastKeptPerLabel" >> beam.Map(lambda kv: (kv[0], kv[1][-1])))
+        return elements | "WithinLabelQuota" >> beam.Filter(
+            lambda e, last: order_key(item_of(e)) <= last[_label_of(item_of(e), idx)],
+            beam.pvalue.AsDict(cut))
