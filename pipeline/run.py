@@ -17,9 +17,10 @@ from pipeline.config import expand_config
 from pipeline.options import ProjectorOptions
 from pipeline.preflight import Plan, UsageError, failure_margin, make_plan
 from pipeline.progress import COUNTERS, LogProgress, read_counters, write_summary
-from transforms.decode import DecodeImages
+from transforms.decode import ThumbnailImages
 from transforms.inference import EmbedImages
 from transforms.items import order_key
+from transforms.projector import tile_size_for
 from transforms.sampling import KeepFirstPerLabel, SampleItems
 from transforms.sources import ReadImageRefs
 from transforms.write import WriteProjectorLogdir, WriterConfig
@@ -40,6 +41,10 @@ def _item_of(decoded):
     return decoded.item
 
 
+def _tile_for(sampled: int, max_items: int, requested: int) -> int:
+    return tile_size_for(max(1, min(sampled, max_items)), requested)
+
+
 def _nth_key(keys):
     return keys[-1] if keys else None
 
@@ -49,7 +54,12 @@ def _within(decoded, last_key):
 
 
 def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
-    """The graph: read -> sample -> reshuffle -> decode -> keep N -> embed -> write."""
+    """The graph: read -> sample -> reshuffle -> thumbnail -> keep N -> decode + embed -> write.
+
+    Only small elements cross a stage boundary: references and metadata up
+    to the cut, thumbnails with them after it, vectors into the writer. The
+    model-sized decode happens inside the embedding stage (flat memory).
+    """
     refs, read_errors = p | "ReadInput" >> ReadImageRefs(plan.source)
     refs = refs | "ProgressRead" >> LogProgress("read")
     # Each label's quota gets the same kind of failure margin as the total.
@@ -59,27 +69,33 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     sampled = (refs
                | "Sample" >> SampleItems(plan.sample_size, po.seed,
                                          per_label=sample_per_label, label_index=plan.label_index)
-               | "CountSampled" >> beam.Map(_count("sampled"))
-               | "Spread" >> beam.Reshuffle())
-    decoded, decode_errors = sampled | "Decode" >> DecodeImages(
-        plan.model_size, plan.tile, po.resize)
-    decoded = decoded | "ProgressDecoded" >> LogProgress("decoded")
+               | "CountSampled" >> beam.Map(_count("sampled")))
+    # Thumbnails are made at the tile the sprite will have: from the number
+    # of items actually sampled (at most N), not the requested N alone.
+    tile = (sampled
+            | "SampleSize" >> beam.combiners.Count.Globally()
+            | "TileSize" >> beam.Map(_tile_for, po.max_items, po.tile_size))
+    checked, decode_errors = (sampled
+                              | "Spread" >> beam.Reshuffle()
+                              | "Thumbnail" >> ThumbnailImages(tile))
+    checked = checked | "ProgressDecoded" >> LogProgress("decoded")
     if per_label:
-        decoded = decoded | "KeepFirstPerLabel" >> KeepFirstPerLabel(
+        checked = checked | "KeepFirstPerLabel" >> KeepFirstPerLabel(
             per_label, plan.label_index, item_of=_item_of)
     # The sample holds a margin beyond N so that failed images do not shrink
     # the output; keep exactly the first N that decoded, in key order, before
     # paying for inference.
-    last_key = (decoded
+    last_key = (checked
                 | "OrderKeys" >> beam.Map(lambda d: order_key(d.item))
                 | "FirstNKeys" >> beam.combiners.Top.Of(po.max_items, reverse=True)
                 | "LastKept" >> beam.Map(_nth_key))
-    selected = decoded | "KeepFirstN" >> beam.Filter(_within, beam.pvalue.AsSingleton(last_key))
-    embedded, embed_errors = selected | "Embed" >> EmbedImages(plan.model, po.batch_size)
+    selected = checked | "KeepFirstN" >> beam.Filter(_within, beam.pvalue.AsSingleton(last_key))
+    embedded, embed_errors = selected | "Embed" >> EmbedImages(
+        plan.model, plan.model_size, po.batch_size, po.resize)
     embedded = embedded | "ProgressEmbedded" >> LogProgress("embedded")
     errors = (read_errors, decode_errors, embed_errors) | "AllErrors" >> beam.Flatten()
     cfg = WriterConfig(output=po.output, columns=plan.columns, tensor_names=plan.tensor_names,
-                       tile=plan.tile, max_items=po.max_items,
+                       tile=po.tile_size, max_items=po.max_items,
                        max_error_fraction=po.max_error_fraction, tensor_format=po.tensor_format,
                        preview=not po.no_preview, standalone=po.standalone)
     return (embedded, errors) | "WriteLogdir" >> WriteProjectorLogdir(cfg)

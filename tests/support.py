@@ -149,3 +149,48 @@ def check_live_projector(logdir, n, dims, tile):
     side = math.ceil(math.sqrt(n)) * tile
     assert img.size == (side, side)
     return meta.decode("utf-8"), img
+
+
+def write_photos(folder, count, seed=0):
+    """``count`` photo-like JPEGs (crops of scikit-learn's two sample photos,
+    300-640 px) with a path,label CSV; returns the CSV path."""
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(a) for a in load_sample_images().images]
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    csv_path = os.path.join(folder, "images.csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for i in range(count):
+            src = photos[i % 2]
+            cw, ch = int(rng.integers(300, src.width)), int(rng.integers(300, src.height))
+            x0, y0 = int(rng.integers(0, src.width - cw + 1)), int(rng.integers(0, src.height - ch + 1))
+            rel = f"images/photo_{i:05d}.jpg"
+            src.crop((x0, y0, x0 + cw, y0 + ch)).save(os.path.join(folder, rel), quality=85)
+            w.writerow([rel, ("china", "flower")[i % 2]])
+    return csv_path
+
+
+def peak_rss_mib(cmd, env=None, cwd=None, timeout=900):
+    """Run ``cmd`` to the end; (exit code, stderr text, its peak RSS in MiB).
+
+    ``os.wait4`` gives this child's own peak (or its largest waited-for
+    descendant's); ``getrusage(RUSAGE_CHILDREN)`` would be the maximum over
+    every child the test process ever had.
+    """
+    import tempfile
+    import threading
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, err.read().decode("utf-8", "replace"), usage.ru_maxrss / 1024

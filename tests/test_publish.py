@@ -27,25 +27,29 @@ from transforms import write
 
 when = os.environ["KILL_WHEN"]
 seen = {"data": 0}
-real_write, real_rename = write.write_bytes, FileSystems.rename
+real_write, real_stream, real_rename = write.write_bytes, write.write_stream, FileSystems.rename
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-def write_bytes(path, data):
+def write_stream(path, produce):
     if "/" + write.DATA_PREFIX in path:
         seen["data"] += 1
         if when == "data:%d" % seen["data"]:
+            import io
+            buf = io.BytesIO()
+            produce(buf)
+            data = buf.getvalue()
             real_write(path, data[: len(data) // 2])   # a half-written asset
             die()
-    return real_write(path, data)
+    return real_stream(path, produce)
 
 def rename(sources, destinations):
     if when == "config" and destinations[0].endswith(write.CONFIG_NAME):
         die()                                          # new config complete, not yet swapped in
     return real_rename(sources, destinations)
 
-write.write_bytes = write_bytes
+write.write_stream = write_stream
 FileSystems.rename = staticmethod(rename)
 from pipeline.run import main
 sys.exit(main(sys.argv[1:]))
@@ -184,8 +188,8 @@ def test_a_partial_orphan_with_the_same_digest_is_rewritten(tmp_path):
     with open(os.path.join(folder, write.SPRITE_NAME), "wb") as f:
         f.write(b"\x89PNG half")                    # what a killed run left
     write.publish(assets, cfg, [])
-    for name, data in assets.files:
-        assert open(os.path.join(folder, name), "rb").read() == data
+    for asset in assets.files:
+        assert open(os.path.join(folder, asset.name), "rb").read() == write.asset_bytes(asset)
 
 
 def test_republishing_the_same_assets_keeps_one_folder(tmp_path):

@@ -1,9 +1,16 @@
-"""Read and decode each sampled image exactly once.
+"""Read and decode the sampled images: once for the thumbnail, once for the model.
 
-One Pillow decode yields both the model input and the sprite thumbnail, so a
-large JPEG is never read or decoded twice. Everything that can go wrong with
-one image becomes a dead-letter row, never an exception that kills the job.
+The first pass (``ThumbnailImages``) runs before the sample is cut to N: it
+proves each image decodes (so failures can be refilled from the margin) and
+makes its sprite thumbnail, at thumbnail scale. The second
+(``DecodeForModelFn``) runs fused with the model call, so model-sized pixel
+arrays never sit in a materialised PCollection: memory stays flat in N and
+only small elements cross stage boundaries (BENCHMARKS.md, "Memory and
+shuffle", measures this against decoding once before the cut). Everything that
+can go wrong with one image becomes a dead-letter row, never an exception
+that kills the job.
 """
+import collections
 import io
 import os
 import struct
@@ -13,9 +20,10 @@ from typing import Tuple
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image, ImageFile, ImageOps
 
-from transforms.items import DecodedImage, ErrorRow, ImageRef, Thumbnail
+from transforms.items import ErrorRow, ImageRef, Thumbnail, Thumbnailed
 from transforms.projector import fit_within
 
 ERRORS_TAG = "errors"
@@ -123,25 +131,23 @@ def _printable(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
-                 resize_mode: str = "pad") -> Tuple[np.ndarray, Thumbnail]:
-    """Encoded bytes -> (model input uint8 HxWx3, thumbnail). Raises ImageError.
+def _load_rgb(data: bytes, need: int, long_side_only: bool = True) -> Image.Image:
+    """Encoded bytes -> upright 8-bit RGB image. Raises ImageError.
 
+    ``need`` is the side in px the caller will resize to: JPEGs decode with
+    DCT scaling at the smallest power-of-two reduction that still covers it
+    (``long_side_only``: only the long side must cover it, as when fitting
+    inside a box), several times less work for photos far larger than that.
     Animated images (GIF, WebP, multi-page TIFF) use their first frame; EXIF
-    orientation is applied, so the thumbnail is drawn upright.
+    orientation is applied.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
     img = _open(data)
     fmt = img.format or "image"
     try:
-        # JPEG DCT scaling: decode at the smallest power-of-two reduction
-        # that still covers what we need; several times less work for
-        # photos far larger than the model input.
-        need = max(max(model_size), tile)
         if img.format == "JPEG" and img.width and img.height:
-            if resize_mode == "pad":
-                # fitting needs only the long side to cover ``need``
+            if long_side_only:
                 long_side = max(img.width, img.height)
                 need_wh = (-(-need * img.width // long_side), -(-need * img.height // long_side))
             else:
@@ -163,9 +169,30 @@ def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
         raise ImageError(_printable(f"unsupported image mode {mode}: {e}")) from None
     if rgb.width < 1 or rgb.height < 1:
         raise ImageError(f"image has no pixels ({rgb.width}x{rgb.height})")
-    pixels = resize_for_model(rgb, model_size, resize_mode)
+    return rgb
+
+
+def make_thumbnail(data: bytes, tile: int) -> Thumbnail:
+    """Encoded bytes -> the sprite thumbnail (fits a ``tile`` square, aspect
+    kept). Raises ImageError: this is also the check that an image decodes,
+    made before the sample is cut to N, so failures can be refilled."""
+    rgb = _load_rgb(data, tile, long_side_only=True)
     thumb = rgb.resize(fit_within(rgb.width, rgb.height, tile), Image.BILINEAR)
-    return pixels, Thumbnail(thumb.width, thumb.height, thumb.tobytes())
+    return Thumbnail(thumb.width, thumb.height, thumb.tobytes())
+
+
+def model_input(data: bytes, model_size: Tuple[int, int], resize_mode: str = "pad") -> np.ndarray:
+    """Encoded bytes -> the model input, uint8 ``model_size`` x 3. Raises ImageError."""
+    rgb = _load_rgb(data, max(model_size), long_side_only=resize_mode == "pad")
+    return resize_for_model(rgb, model_size, resize_mode)
+
+
+def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
+                 resize_mode: str = "pad") -> Tuple[np.ndarray, Thumbnail]:
+    """(model input, thumbnail) of one image, exactly as the pipeline makes
+    them (in two separate stages, see ``ThumbnailImages`` and
+    ``DecodeForModelFn``). Raises ImageError."""
+    return model_input(data, model_size, resize_mode), make_thumbnail(data, tile)
 
 
 def read_bytes(ref: str) -> bytes:
@@ -184,21 +211,24 @@ def read_bytes(ref: str) -> bytes:
         raise ImageError(f"cannot read file: {type(e).__name__}: {e}") from None
 
 
-def _decode_one(item: ImageRef, model_size, tile, resize_mode):
-    """DecodedImage or ErrorRow for one item; never raises."""
+def _thumbnail_one(item: ImageRef, tile: int):
+    """Thumbnailed or ErrorRow for one item; never raises."""
     stage = "read"
     try:
         data = item.content if item.content is not None else read_bytes(item.ref)
         stage = "decode"
-        pixels, thumb = decode_image(data, model_size, tile, resize_mode)
+        thumb = make_thumbnail(data, tile)
     except Exception as e:  # noqa: BLE001 - any failure is this image's, not the job's
-        reason = str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
-        return ErrorRow(item.ref, stage, reason, item.key)
-    return DecodedImage(item._replace(content=None), pixels, thumb)
+        return ErrorRow(item.ref, stage, _reason(e), item.key)
+    return Thumbnailed(item, thumb)
 
 
-class DecodeImagesFn(beam.DoFn):
-    """A batch of ImageRefs -> DecodedImage each, or ErrorRow on ``errors``.
+def _reason(e: Exception) -> str:
+    return str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
+
+
+class ThumbnailImagesFn(beam.DoFn):
+    """A batch of ImageRefs -> Thumbnailed each, or ErrorRow on ``errors``.
 
     Pillow releases the GIL while it reads, decodes and resizes, so a small
     thread pool decodes on every core even inside one SDK worker process
@@ -206,11 +236,7 @@ class DecodeImagesFn(beam.DoFn):
     own thread: Beam's metrics context does not follow into pool threads.
     """
 
-    def __init__(self, model_size: Tuple[int, int], tile: int, resize_mode: str = "pad",
-                 threads: int = 0):
-        self._model_size = tuple(model_size)
-        self._tile = tile
-        self._resize_mode = resize_mode
+    def __init__(self, threads: int = 0):
         self._threads = threads
         self._decoded = beam.metrics.Metrics.counter("projector", "decoded")
         self._failed = beam.metrics.Metrics.counter("projector", "failed_decode")
@@ -218,16 +244,14 @@ class DecodeImagesFn(beam.DoFn):
 
     def setup(self):
         self._pool = ThreadPoolExecutor(self._threads or os.cpu_count() or 1,
-                                        thread_name_prefix="decode")
+                                        thread_name_prefix="thumbnail")
 
     def teardown(self):
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    def process(self, batch):
-        results = self._pool.map(
-            lambda item: _decode_one(item, self._model_size, self._tile, self._resize_mode), batch)
-        for result in results:
+    def process(self, batch, tile):
+        for result in self._pool.map(lambda item: _thumbnail_one(item, tile), batch):
             if isinstance(result, ErrorRow):
                 self._failed.inc()
                 yield beam.pvalue.TaggedOutput(ERRORS_TAG, result)
@@ -236,15 +260,96 @@ class DecodeImagesFn(beam.DoFn):
                 yield result
 
 
-class DecodeImages(beam.PTransform):
-    """ImageRefs -> (decoded, errors), decoded in small batches on a thread pool."""
+class ThumbnailImages(beam.PTransform):
+    """ImageRefs -> (Thumbnailed, errors): the check that each image decodes,
+    and its sprite thumbnail.
 
-    def __init__(self, model_size, tile, resize_mode="pad", threads: int = 0):
+    This pass runs before the sample is cut to N, so what crosses that cut
+    (and every later stage boundary) is the reference, the metadata and a
+    thumbnail of at most ``tile`` px a side, never model-sized pixels: the
+    model's decode happens again, streamed, inside the inference stage
+    (``DecodeForModelFn``). JPEGs decode here at thumbnail scale (DCT
+    scaling), so this pass costs a fraction of the model's decode.
+    ``tile`` is an int or a PCollection holding one int.
+    """
+
+    def __init__(self, tile, threads: int = 0):
         super().__init__()
-        self._fn = DecodeImagesFn(model_size, tile, resize_mode, threads)
+        self._tile = tile
+        self._fn = ThumbnailImagesFn(threads)
 
     def expand(self, items):
+        tile = (beam.pvalue.AsSingleton(self._tile)
+                if isinstance(self._tile, beam.pvalue.PCollection) else self._tile)
         out = (items
                | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=32)
-               | "DecodeBatch" >> beam.ParDo(self._fn).with_outputs(ERRORS_TAG, main="decoded"))
-        return out.decoded, out[ERRORS_TAG]
+               | "Thumbnail" >> beam.ParDo(self._fn, tile).with_outputs(ERRORS_TAG, main="ok"))
+        return out.ok, out[ERRORS_TAG]
+
+
+def _model_input_one(element: Thumbnailed, model_size, resize_mode):
+    """(element, pixels) or (element, ErrorRow); never raises."""
+    item = element.item
+    try:
+        data = item.content if item.content is not None else read_bytes(item.ref)
+        return element, model_input(data, model_size, resize_mode)
+    except Exception as e:  # noqa: BLE001
+        # The image decoded moments ago in ThumbnailImages: the file changed
+        # or vanished since. It was chosen for the model already, so it is
+        # a failure of the embedding stage (counted, not refilled).
+        return element, ErrorRow(item.ref, "embed", "reading it again for the model failed: "
+                                 + _reason(e), item.key)
+
+
+class DecodeForModelFn(beam.DoFn):
+    """Thumbnailed -> ((item, thumbnail), model input pixels), decoded ahead.
+
+    A thread pool decodes up to ``ahead`` elements beyond the one being
+    handed downstream, so decoding overlaps the model call that the fused
+    RunInference step makes on this thread, and the pixels in flight are
+    bounded by ``ahead`` plus one batch, whatever N is. (A ModelHandler
+    preprocess function would decode on the inference thread, serially.)
+    Results come out in input order.
+    """
+
+    def __init__(self, model_size: Tuple[int, int], resize_mode: str = "pad",
+                 ahead: int = 64, threads: int = 0):
+        self._model_size = tuple(model_size)
+        self._resize_mode = resize_mode
+        self._ahead = max(1, ahead)
+        self._threads = threads
+        self._failed = beam.metrics.Metrics.counter("projector", "failed_embed")
+        self._pool = None
+        self._pending = None
+
+    def setup(self):
+        self._pool = ThreadPoolExecutor(self._threads or os.cpu_count() or 1,
+                                        thread_name_prefix="model-decode")
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def start_bundle(self):
+        self._pending = collections.deque()
+
+    def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+        self._pending.append((self._pool.submit(
+            _model_input_one, element, self._model_size, self._resize_mode), window, timestamp))
+        while len(self._pending) > self._ahead:
+            yield from self._emit(*self._pending.popleft(), windowed=False)
+
+    def finish_bundle(self):
+        while self._pending:
+            yield from self._emit(*self._pending.popleft(), windowed=True)
+
+    def _emit(self, future, window, timestamp, windowed):
+        element, result = future.result()
+        if isinstance(result, ErrorRow):
+            self._failed.inc()
+            value, tag = result, ERRORS_TAG
+        else:
+            value, tag = ((element.item, element.thumbnail), result), None
+        if windowed:  # finish_bundle has no current element: say where it goes
+            value = WindowedValue(value, timestamp, [window])
+        yield beam.pvalue.TaggedOutput(tag, value) if tag else value

@@ -18,6 +18,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
+from transforms.decode import DecodeForModelFn
 from transforms.items import Embedded, ErrorRow
 
 PIXEL_SCALES = ("raw", "unit", "symmetric")
@@ -290,22 +291,29 @@ def _to_embedded(keyed, counter_ok, counter_bad):
 
 
 class EmbedImages(beam.PTransform):
-    """DecodedImage -> Embedded (+ ``errors`` for non-finite outputs).
+    """Thumbnailed -> Embedded (+ ``errors``), in one fused stage.
 
-    The (item, thumbnail) pair rides through RunInference as the key, so the
-    writer needs no join.
+    Decoding for the model (``DecodeForModelFn``, ahead on a thread pool)
+    feeds RunInference directly, so a model-sized pixel array lives only from
+    its decode to its batch's model call: memory is bounded by the batch and
+    the read-ahead, not by N. The (item, thumbnail) pair rides through
+    RunInference as the key, so the writer needs no join.
     """
 
-    def __init__(self, spec: ModelSpec, batch_size: int = 32):
+    def __init__(self, spec: ModelSpec, model_size: Tuple[int, int], batch_size: int = 32,
+                 resize_mode: str = "pad"):
         super().__init__()
         self._handler = KeyedModelHandler(EmbeddingModelHandler(spec, batch_size))
+        self._decode = DecodeForModelFn(model_size, resize_mode, ahead=2 * batch_size)
 
-    def expand(self, decoded):
+    def expand(self, thumbnailed):
         ok = beam.metrics.Metrics.counter("projector", "embedded")
         bad = beam.metrics.Metrics.counter("projector", "failed_embed")
+        decoded = thumbnailed | "DecodeForModel" >> beam.ParDo(self._decode).with_outputs(
+            "errors", main="pixels")
         out = (
-            decoded
-            | "KeyByItem" >> beam.Map(lambda d: ((d.item, d.thumbnail), d.pixels))
+            decoded.pixels
             | "RunInference" >> RunInference(self._handler)
             | "CheckFinite" >> beam.FlatMap(_to_embedded, ok, bad).with_outputs("errors", main="embedded"))
-        return out.embedded, out.errors
+        errors = (decoded.errors, out.errors) | "EmbedErrors" >> beam.Flatten()
+        return out.embedded, errors

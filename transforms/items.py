@@ -22,10 +22,11 @@ class Thumbnail(NamedTuple):
     rgb: bytes
 
 
-class DecodedImage(NamedTuple):
-    """One decoded image: the model input and its sprite thumbnail."""
-    item: ImageRef                # content dropped after decode
-    pixels: object                # uint8 numpy array H x W x 3 for the model
+class Thumbnailed(NamedTuple):
+    """A sampled image that decoded, with its sprite thumbnail: all that
+    crosses the cut to N. The model input is decoded again after the cut,
+    inside the inference stage, so no model-sized pixels travel."""
+    item: ImageRef                # content kept: the model pass decodes it again
     thumbnail: Thumbnail
 
 

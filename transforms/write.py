@@ -7,10 +7,11 @@ yet; the config is then replaced in one rename. A run that fails or is killed
 before that rename leaves the previous logdir exactly as TensorBoard knew it.
 """
 import hashlib
+import io
 import logging
 import posixpath
 import re
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import BinaryIO, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -58,6 +59,12 @@ def write_bytes(path: str, data: bytes) -> None:
     with FileSystems.create(path, mime_type="application/octet-stream",
                             compression_type="uncompressed") as f:
         f.write(data)
+
+
+def write_stream(path: str, write: Callable[[BinaryIO], None]) -> None:
+    with FileSystems.create(path, mime_type="application/octet-stream",
+                            compression_type="uncompressed") as f:
+        write(f)
 
 
 def read_text(path: str) -> Optional[str]:
@@ -120,8 +127,23 @@ def select_for_publish(embedded: Sequence[Embedded], errors: Sequence[ErrorRow],
     return kept, counted, reported
 
 
+class Asset(NamedTuple):
+    """One file of the data folder, written by streaming into an open file:
+    at 100,000 x 1280 the TSV tensor alone is over a gigabyte of text, so no
+    asset is ever held whole as one string."""
+    name: str
+    write: Callable[[BinaryIO], None]
+
+
+def asset_bytes(asset: Asset) -> bytes:
+    """The bytes ``asset`` writes (for tests and small files)."""
+    buf = io.BytesIO()
+    asset.write(buf)
+    return buf.getvalue()
+
+
 class Assets(NamedTuple):
-    files: List[Tuple[str, bytes]]   # (name inside the data folder, bytes)
+    files: List[Asset]               # the data folder's files, in write order
     tensors: List[Tuple[str, Tuple[int, int], str]]
     digest: str
     tile: int
@@ -130,45 +152,101 @@ class Assets(NamedTuple):
     preview_png: Optional[bytes] = None
 
 
+# Rows of a tensor formatted at once: bounds the text held while writing TSV.
+TENSOR_CHUNK_ROWS = 2048
+# preview.png draws at most this many points (the first in key order: a
+# uniform sample of the sample), so its layout loop and PCA stay bounded at
+# any N; beyond a few thousand, thumbnails shrink to a few pixels anyway.
+PREVIEW_MAX_POINTS = 10_000
+
+
+def _tensor_writer(matrix: np.ndarray, fmt: str) -> Callable[[BinaryIO], None]:
+    def write(f):
+        for i in range(0, len(matrix), TENSOR_CHUNK_ROWS):
+            chunk = matrix[i:i + TENSOR_CHUNK_ROWS]
+            f.write(projector.tensor_binary(chunk) if fmt == "binary"
+                    else projector.tensor_tsv(chunk))
+    return write
+
+
+def _bytes_writer(data: bytes) -> Callable[[BinaryIO], None]:
+    return lambda f: f.write(data)
+
+
+def _png_writer(image) -> Callable[[BinaryIO], None]:
+    return lambda f: image.save(f, format="PNG", compress_level=1)
+
+
+def _binary_is_readable(matrix: np.ndarray) -> bool:
+    """``projector.binary_tensor_is_readable`` on the file's first line only,
+    found chunk by chunk instead of formatting the whole file."""
+    line = b""
+    for i in range(0, len(matrix), TENSOR_CHUNK_ROWS):
+        chunk = projector.tensor_binary(matrix[i:i + TENSOR_CHUNK_ROWS])
+        head, newline, _ = chunk.partition(b"\n")
+        line += head
+        if newline:
+            break
+    return projector.binary_tensor_is_readable(line)
+
+
+def sprite_tile(thumbnails: Sequence, requested: int) -> int:
+    """The sprite's tile: what ``requested`` allows for this many images
+    within 8192 px, and no larger than the thumbnails that were made (they
+    were cut before the final count was known, for at most N items)."""
+    largest = max(max(t.width, t.height) for t in thumbnails)
+    return max(1, min(projector.tile_size_for(len(thumbnails), requested), largest))
+
+
 def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
+    """Everything the data folder holds, ready to stream, and its digest.
+
+    Memory beyond the kept rows: one float32 matrix per tensor, the sprite as
+    one preallocated RGBA array, the metadata text; the tensor text is made
+    chunk by chunk as it is written. The digest hashes what determines the
+    files (matrices, metadata, sprite pixels, formats), not the file bytes,
+    so the folder name is known before anything is written.
+    """
     n = len(kept)
-    files = []
-    tensors = []
-    standalone_tensors = []
-    matrices = []
+    h = hashlib.sha256()
+    files: List[Asset] = []
+    tensors, standalone_tensors, matrices = [], [], []
     for t, name in enumerate(cfg.tensor_names):
-        matrix = np.stack([e.vectors[t] for e in kept]).astype(np.float32)
+        matrix = np.empty((n, len(kept[0].vectors[t])), dtype=np.float32)
+        for i, e in enumerate(kept):
+            matrix[i] = e.vectors[t]
         fmt = cfg.tensor_format
-        data = projector.tensor_binary(matrix) if fmt == "binary" else None
-        if data is not None and not projector.binary_tensor_is_readable(data):
+        if fmt == "binary" and not _binary_is_readable(matrix):
             LOG.warning("tensor %s would be misread as text by TensorBoard; writing TSV", name)
-            fmt, data = "tsv", None
-        if data is None:
-            data = projector.tensor_tsv(matrix)
+            fmt = "tsv"
         fname = tensor_file_name(name, len(cfg.tensor_names), fmt)
-        files.append((fname, data))
+        files.append(Asset(fname, _tensor_writer(matrix, fmt)))
+        h.update(f"{fname}\0{fmt}\0{matrix.shape}\0".encode() + matrix.tobytes())
         tensors.append((name, matrix.shape, fname))
         matrices.append(matrix)
         if cfg.standalone:
             # the standalone projector reads float32 only from a .bytes path
             bname = tensor_file_name(name, len(cfg.tensor_names), "binary")
             if bname != fname:
-                files.append((bname, projector.tensor_binary(matrix)))
+                files.append(Asset(bname, _tensor_writer(matrix, "binary")))
+                h.update(f"{bname}\0".encode())
             standalone_tensors.append((name, matrix.shape, bname))
     meta = projector.metadata_tsv(cfg.columns, [e.item.metadata for e in kept]).encode("utf-8")
-    files.append((METADATA_NAME, meta))
-    _, tile, _ = projector.sprite_geometry(n, cfg.tile)
-    sprite = projector.png_bytes(projector.assemble_sprite([e.thumbnail for e in kept], tile))
-    files.append((SPRITE_NAME, sprite))
-    h = hashlib.sha256()
-    for fname, data in files:
-        h.update(fname.encode() + b"\0" + hashlib.sha256(data).digest())
+    files.append(Asset(METADATA_NAME, _bytes_writer(meta)))
+    h.update(METADATA_NAME.encode() + b"\0" + hashlib.sha256(meta).digest())
+    thumbnails = [e.thumbnail for e in kept]
+    tile = sprite_tile(thumbnails, cfg.tile)
+    sprite = projector.assemble_sprite(thumbnails, tile)
+    files.append(Asset(SPRITE_NAME, _png_writer(sprite)))
+    h.update(f"{SPRITE_NAME}\0{tile}\0{sprite.size}\0".encode())
+    for y in range(0, sprite.height, 512):   # strips: no second full copy of the sprite
+        h.update(sprite.crop((0, y, sprite.width, min(sprite.height, y + 512))).tobytes())
     # The preview is a view of these assets, not one TensorBoard reads: it
     # stays out of the digest and goes to the root (see publish).
     png = None
     if cfg.preview:
-        png = preview.png_bytes(preview.render_preview(
-            [e.thumbnail for e in kept], matrices[0], tile))
+        m = min(n, PREVIEW_MAX_POINTS)
+        png = preview.png_bytes(preview.render_preview(thumbnails[:m], matrices[0][:m], tile))
     return Assets(files, tensors, h.hexdigest()[:16], tile, standalone_tensors, png)
 
 
@@ -189,8 +267,8 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
         target = join(out, folder)
         if FileSystems.exists(target):  # an orphan of a killed run: maybe partial
             FileSystems.delete([target])
-        for fname, data in assets.files:
-            write_bytes(join(target, fname), data)
+        for asset in assets.files:
+            write_stream(join(target, asset.name), asset.write)
     config = projector.projector_config_text(
         [(name, shape, posixpath.join(folder, path)) for name, shape, path in assets.tensors],
         posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME), assets.tile)
