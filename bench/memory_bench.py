@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -141,44 +142,43 @@ def live_check(outdir, n, dims):
 
 # --- bytes per image at each stage boundary ----------------------------------------
 
+class DecodedImage(NamedTuple):
+    """The element the old graph cut to N: model input pixels and thumbnail."""
+    item: object
+    pixels: object
+    thumbnail: object
+
+
 def boundary_bytes(csv_path, count=200, model_side=224, tile=100):
     """Encoded bytes of one element at each materialised boundary, medians
     over ``count`` photos, with the coder Beam picks for these elements."""
-    from typing import NamedTuple
-
     import apache_beam as beam
 
     from transforms import decode
     from transforms.items import Embedded, ImageRef, Thumbnailed
     from transforms.sampling import sample_key
 
-    class DecodedImage(NamedTuple):   # the element the old graph cut to N
-        item: object
-        pixels: object
-        thumbnail: object
-
     coder = beam.coders.registry.get_coder(object)
     rows = [line.split(",", 1)[0] for line in open(csv_path).read().splitlines()[1:count + 1]]
-    sizes = {k: [] for k in ("ref", "old_decoded", "thumbnailed", "embedded_1280",
+    sizes = {k: [] for k in ("ref", "old_decoded", "old_embedded_1280", "thumbnailed", "embedded_1280",
                              "thumb_raw", "thumb_zlib1", "thumb_png")}
+    vec = np.random.default_rng(0).standard_normal(1280).astype(np.float32)
     for path in rows:
         ref = ImageRef(uid=path, ref=path, content=None, metadata=(path, "label"),
                        key=sample_key(path, 0))
         data = decode.read_bytes(path)
         pixels, thumb = decode.decode_image(data, (model_side, model_side), tile)
         sizes["ref"].append(len(coder.encode(ref)))
-        sizes["old_decoded"].append(len(coder.encode(DecodedImage(ref, pixels, thumb))))
+        # the old graph carried the thumbnail as raw RGB
+        old_thumb = (thumb.width, thumb.height, thumb.rgb)
+        sizes["old_decoded"].append(len(coder.encode(DecodedImage(ref, pixels, old_thumb))))
+        sizes["old_embedded_1280"].append(len(coder.encode(DecodedImage(ref, old_thumb, (vec,)))))
         sizes["thumbnailed"].append(len(coder.encode(Thumbnailed(ref, thumb))))
-        vec = np.random.default_rng(0).standard_normal(1280).astype(np.float32)
         sizes["embedded_1280"].append(len(coder.encode(Embedded(ref, thumb, (vec,)))))
-        sizes["thumb_raw"].append(len(thumb.rgb))
-        sizes["thumb_zlib1"].append(len(zlib.compress(thumb.rgb, 1)))
-        import io
-
-        from PIL import Image
-        buf = io.BytesIO()
-        Image.frombytes("RGB", (thumb.width, thumb.height), thumb.rgb).save(buf, "PNG", compress_level=1)
-        sizes["thumb_png"].append(len(buf.getvalue()))
+        raw = thumb.rgb
+        sizes["thumb_raw"].append(len(raw))
+        sizes["thumb_zlib1"].append(len(zlib.compress(raw, 1)))
+        sizes["thumb_png"].append(len(thumb.png))
     return {k: int(np.median(v)) for k, v in sizes.items()}
 
 

@@ -178,7 +178,7 @@ def synthetic_items(n: int, dims: int, tile: int, seed: int = 0):
         path = f"/photos/img_{i:06d}.jpg"
         ref = ImageRef(uid=path, ref=path, content=None, metadata=(path, f"class_{i % 37}"),
                        key=sample_key(path, 0))
-        items.append(Embedded(ref, Thumbnail(thumb.width, thumb.height, thumb.tobytes()),
+        items.append(Embedded(ref, Thumbnail.from_image(thumb),
                               (vectors[i],)))
     return items
 

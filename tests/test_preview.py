@@ -9,7 +9,7 @@ from transforms.items import Thumbnail
 
 
 def solid(rgb, w=16, h=16):
-    return Thumbnail(w, h, bytes(rgb) * (w * h))
+    return Thumbnail.from_rgb(w, h, bytes(rgb) * (w * h))
 
 
 # --- PCA ---------------------------------------------------------------------

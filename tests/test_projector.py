@@ -50,8 +50,8 @@ def test_fit_within_keeps_aspect(w, h, box, expect):
 
 
 def test_assemble_sprite_centres_tiles_with_transparent_padding():
-    red = Thumbnail(4, 2, bytes([255, 0, 0]) * 8)
-    blue = Thumbnail(2, 4, bytes([0, 0, 255]) * 8)
+    red = Thumbnail.from_rgb(4, 2, bytes([255, 0, 0]) * 8)
+    blue = Thumbnail.from_rgb(2, 4, bytes([0, 0, 255]) * 8)
     sprite = projector.assemble_sprite([red, blue, red], tile=4)
     assert sprite.size == (8, 8) and sprite.mode == "RGBA"
     px = np.asarray(sprite)
@@ -67,7 +67,7 @@ def test_assemble_sprite_centres_tiles_with_transparent_padding():
 
 
 def test_png_roundtrip_is_lossless():
-    sprite = projector.assemble_sprite([Thumbnail(2, 2, bytes(range(12)))], 2)
+    sprite = projector.assemble_sprite([Thumbnail.from_rgb(2, 2, bytes(range(12)))], 2)
     back = Image.open(io.BytesIO(projector.png_bytes(sprite)))
     assert np.array_equal(np.asarray(back), np.asarray(sprite))
 
@@ -139,3 +139,24 @@ def test_config_uses_tensorboard_proto_and_relative_paths():
     assert emb.sprite.image_path == "d/sprite.png"
     assert list(emb.sprite.single_image_dim) == [32, 32]
     assert not any(p.startswith("/") for p in (emb.tensor_path, emb.metadata_path, emb.sprite.image_path))
+
+
+def test_streamed_sprite_png_has_the_pixels_of_the_assembled_sprite():
+    rng = np.random.default_rng(0)
+    thumbs = [Thumbnail.from_rgb(int(w), int(h), rng.integers(0, 256, int(w) * int(h) * 3,
+                                                              dtype=np.uint8).tobytes())
+              for w, h in rng.integers(1, 12, (23, 2))]
+    tile = 9
+    side = projector.tiles_per_side(len(thumbs)) * tile
+    buf = io.BytesIO()
+    projector.write_png_rows(buf, side, side, projector.sprite_rows(thumbs, tile))
+    streamed = Image.open(io.BytesIO(buf.getvalue()))
+    assert streamed.format == "PNG" and streamed.mode == "RGBA" and streamed.size == (side, side)
+    np.testing.assert_array_equal(np.asarray(streamed),
+                                  np.asarray(projector.assemble_sprite(thumbs, tile)))
+
+
+def test_thumbnails_round_trip_losslessly():
+    rgb = bytes(range(256)) * 3
+    th = Thumbnail.from_rgb(16, 16, rgb)
+    assert (th.width, th.height, th.rgb) == (16, 16, rgb)

@@ -174,7 +174,7 @@ def test_kill_mid_decode_leaves_the_old_logdir_untouched(old_logdir, digits, mod
 
 def tiny_assets(tmp_path, n=4):
     items = [Embedded(ImageRef(f"u{i}", f"img{i}.png", None, (f"img{i}.png", str(i)), key=i + 1),
-                      Thumbnail(2, 2, bytes([i * 40] * 12)),
+                      Thumbnail.from_rgb(2, 2, bytes([i * 40] * 12)),
                       (np.arange(3, dtype=np.float32) + i,)) for i in range(n)]
     cfg = write.WriterConfig(output=str(tmp_path / "out"), columns=("path", "label"),
                              tensor_names=("emb",), tile=8, max_items=n)

@@ -178,7 +178,7 @@ def make_thumbnail(data: bytes, tile: int) -> Thumbnail:
     made before the sample is cut to N, so failures can be refilled."""
     rgb = _load_rgb(data, tile, long_side_only=True)
     thumb = rgb.resize(fit_within(rgb.width, rgb.height, tile), Image.BILINEAR)
-    return Thumbnail(thumb.width, thumb.height, thumb.tobytes())
+    return Thumbnail.from_image(thumb)
 
 
 def model_input(data: bytes, model_size: Tuple[int, int], resize_mode: str = "pad") -> np.ndarray:
@@ -209,6 +209,20 @@ def read_bytes(ref: str) -> bytes:
         raise ImageError("permission denied") from None
     except OSError as e:
         raise ImageError(f"cannot read file: {type(e).__name__}: {e}") from None
+
+
+def release_free_memory() -> None:
+    """Give memory freed by earlier stages back to the OS (glibc only).
+
+    On the in-process runner every stage runs in one process, and glibc keeps
+    freed buffers (decoded photos, activations) in its per-thread arenas, so
+    a later stage's peak would stack on an earlier one's leftovers.
+    """
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _thumbnail_one(item: ImageRef, tile: int):
@@ -323,6 +337,7 @@ class DecodeForModelFn(beam.DoFn):
         self._pending = None
 
     def setup(self):
+        release_free_memory()   # what the thumbnail pass freed, before the model's peak
         self._pool = ThreadPoolExecutor(self._threads or os.cpu_count() or 1,
                                         thread_name_prefix="model-decode")
 

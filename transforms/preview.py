@@ -161,7 +161,7 @@ def render_preview(thumbnails: Sequence, matrix, tile: int,
     canvas = Image.new("RGB", (grid * cell, grid * cell), background)
     for i in order:
         th = thumbnails[i]
-        im = Image.frombytes("RGB", (th.width, th.height), th.rgb)
+        im = th.image()
         size = fit_within(th.width, th.height, inner)
         if size != im.size:
             im = im.resize(size, Image.BILINEAR)

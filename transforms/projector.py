@@ -5,6 +5,8 @@ be unit-tested directly and reused by any writer.
 """
 import io
 import math
+import struct
+import zlib
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -52,6 +54,13 @@ def fit_within(width: int, height: int, box: int) -> Tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def _paste_tile(canvas: Image.Image, th, tile: int, x0: int, y0: int) -> None:
+    im = th.image()
+    if max(th.width, th.height) > tile:
+        im = im.resize(fit_within(th.width, th.height, tile), Image.BILINEAR)
+    canvas.paste(im, (x0 + (tile - im.width) // 2, y0 + (tile - im.height) // 2))
+
+
 def assemble_sprite(thumbnails: Sequence, tile: int) -> Image.Image:
     """Paste thumbnails (``Thumbnail`` tuples) into a square RGBA sprite.
 
@@ -61,12 +70,55 @@ def assemble_sprite(thumbnails: Sequence, tile: int) -> Image.Image:
     per_side = tiles_per_side(len(thumbnails))
     sprite = Image.new("RGBA", (per_side * tile, per_side * tile), (0, 0, 0, 0))
     for i, th in enumerate(thumbnails):
-        im = Image.frombytes("RGB", (th.width, th.height), th.rgb)
-        if max(th.width, th.height) > tile:
-            im = im.resize(fit_within(th.width, th.height, tile), Image.BILINEAR)
-        x0, y0 = tile_origin(i, per_side, tile)
-        sprite.paste(im, (x0 + (tile - im.width) // 2, y0 + (tile - im.height) // 2))
+        _paste_tile(sprite, th, tile, *tile_origin(i, per_side, tile))
     return sprite
+
+
+def sprite_rows(thumbnails: Sequence, tile: int) -> Iterable[np.ndarray]:
+    """The sprite of ``assemble_sprite``, one row of tiles at a time, as
+    (tile, side, 4) uint8 arrays: a 8192 px sprite is 256 MiB as one image."""
+    per_side = tiles_per_side(len(thumbnails))
+    for row in range(per_side):
+        strip = Image.new("RGBA", (per_side * tile, tile), (0, 0, 0, 0))
+        for col in range(per_side):
+            i = row * per_side + col
+            if i < len(thumbnails):
+                _paste_tile(strip, thumbnails[i], tile, col * tile, 0)
+        yield np.asarray(strip)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def write_png_rows(f, width: int, height: int, strips: Iterable[np.ndarray],
+                   level: int = 1) -> None:
+    """Stream an 8-bit RGBA PNG to ``f`` from horizontal strips.
+
+    Pillow encodes only whole images, so a sprite at the projector's 8192 px
+    limit would be held twice (image + encoder); this writes the PNG chunks
+    itself (signature, IHDR, IDAT, IEND: the PNG spec's minimum) from strips,
+    with the "Up" filter on every row, which suits photo tiles.
+    """
+    f.write(b"\x89PNG\r\n\x1a\n")
+    f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)))
+    z = zlib.compressobj(level)
+    prev = np.zeros((1, width * 4), dtype=np.uint8)
+    rows_seen = 0
+    for strip in strips:
+        rows = np.ascontiguousarray(strip, dtype=np.uint8).reshape(len(strip), width * 4)
+        up = rows - np.concatenate([prev, rows[:-1]])      # uint8 wraps: mod 256
+        filtered = np.concatenate([np.full((len(rows), 1), 2, np.uint8), up], axis=1)
+        data = z.compress(filtered.tobytes())
+        if data:
+            f.write(_png_chunk(b"IDAT", data))
+        prev = rows[-1:]
+        rows_seen += len(rows)
+    if rows_seen != height:
+        raise ValueError(f"PNG strips gave {rows_seen} rows, expected {height}")
+    f.write(_png_chunk(b"IDAT", z.flush()))
+    f.write(_png_chunk(b"IEND", b""))
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -18,6 +18,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import preview, projector, standalone
+from transforms.decode import release_free_memory
 from transforms.items import Embedded, ErrorRow, order_key
 
 LOG = logging.getLogger(__name__)
@@ -173,10 +174,6 @@ def _bytes_writer(data: bytes) -> Callable[[BinaryIO], None]:
     return lambda f: f.write(data)
 
 
-def _png_writer(image) -> Callable[[BinaryIO], None]:
-    return lambda f: image.save(f, format="PNG", compress_level=1)
-
-
 def _binary_is_readable(matrix: np.ndarray) -> bool:
     """``projector.binary_tensor_is_readable`` on the file's first line only,
     found chunk by chunk instead of formatting the whole file."""
@@ -201,9 +198,9 @@ def sprite_tile(thumbnails: Sequence, requested: int) -> int:
 def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
     """Everything the data folder holds, ready to stream, and its digest.
 
-    Memory beyond the kept rows: one float32 matrix per tensor, the sprite as
-    one preallocated RGBA array, the metadata text; the tensor text is made
-    chunk by chunk as it is written. The digest hashes what determines the
+    Memory beyond the kept rows: one float32 matrix per tensor and the
+    metadata text; the tensor text and the sprite (one row of tiles at a
+    time) are made as they are written. The digest hashes what determines the
     files (matrices, metadata, sprite pixels, formats), not the file bytes,
     so the folder name is known before anything is written.
     """
@@ -236,11 +233,13 @@ def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
     h.update(METADATA_NAME.encode() + b"\0" + hashlib.sha256(meta).digest())
     thumbnails = [e.thumbnail for e in kept]
     tile = sprite_tile(thumbnails, cfg.tile)
-    sprite = projector.assemble_sprite(thumbnails, tile)
-    files.append(Asset(SPRITE_NAME, _png_writer(sprite)))
-    h.update(f"{SPRITE_NAME}\0{tile}\0{sprite.size}\0".encode())
-    for y in range(0, sprite.height, 512):   # strips: no second full copy of the sprite
-        h.update(sprite.crop((0, y, sprite.width, min(sprite.height, y + 512))).tobytes())
+    side = projector.tiles_per_side(n) * tile
+    files.append(Asset(SPRITE_NAME, lambda f: projector.write_png_rows(
+        f, side, side, projector.sprite_rows(thumbnails, tile))))
+    # the sprite is a pure function of the thumbnails (lossless PNGs) and the tile
+    h.update(f"{SPRITE_NAME}\0{tile}\0{n}\0".encode())
+    for th in thumbnails:
+        h.update(hashlib.sha256(th.png).digest())
     # The preview is a view of these assets, not one TensorBoard reads: it
     # stays out of the digest and goes to the root (see publish).
     png = None
@@ -352,6 +351,7 @@ class _WriteLogdirFn(beam.DoFn):
         self._cfg = cfg
 
     def process(self, keyed):
+        release_free_memory()
         _, tagged = keyed
         embedded = [v for tag, v in tagged if tag == "ok"]
         errors = [v for tag, v in tagged if tag == "err"]
