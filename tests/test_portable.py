@@ -145,16 +145,14 @@ def sdk_workers(pool_pid):
 
 # --- runs ----------------------------------------------------------------------
 
-def portable_cli(job_service, pool, *flags, setup_file=True):
-    """The real CLI on the PortableRunner, as a user types it (from the repo root)."""
-    argv = [sys.executable, "-m", "pipeline.run", "--runner", "PortableRunner",
+def portable_cli(job_service, pool, *flags):
+    """The real CLI as a user runs it from the repo root: the
+    configs/portable_local.yaml preset, with this test's ports and data."""
+    argv = [sys.executable, "-m", "pipeline.run", "--config", "configs/portable_local.yaml",
             "--job_endpoint", f"127.0.0.1:{job_service.port}",
-            "--environment_type", "EXTERNAL", "--environment_config", f"127.0.0.1:{pool.port}"]
-    if setup_file:
-        argv += ["--setup_file", "./setup.py"]
-    return subprocess.Popen(argv + list(flags), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+            "--environment_config", f"127.0.0.1:{pool.port}", *flags]
+    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
 
 
 def tree(folder):
@@ -180,7 +178,7 @@ def dataset(tmp_path_factory):
         f.write("images/broken.png,3\nimages/missing.png,4\n")
     model = tiny_model(str(folder / "tiny.keras"))
     flags = ["--input", csv_path, "--model", model, "--embedding_layer", "embedding",
-             "--max_items", "70", "--tile_size", "16", "--seed", "7"]
+             "--max_items", "70", "--tile_size", "16", "--seed", "7", "--batch_size", "32"]
     return flags
 
 
@@ -192,13 +190,19 @@ def in_memory(dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rehearsal(request, dataset, tmp_path_factory):
-    """Job service + worker pool, then the CLI submitted to them; the pool's
-    SDK workers are recorded from /proc while the job runs."""
-    tmp = tmp_path_factory.mktemp("portable")
-    job_service = start_job_service(request, tmp)
-    pool = start_worker_pool(request, tmp)
-    out = str(tmp / "logdir")
+def servers(request, tmp_path_factory):
+    """A job service and a worker pool, separate processes on free ports,
+    both stopped (with their workers) when the module ends or fails."""
+    tmp = tmp_path_factory.mktemp("servers")
+    return start_job_service(request, tmp), start_worker_pool(request, tmp)
+
+
+@pytest.fixture(scope="module")
+def rehearsal(servers, dataset, tmp_path_factory):
+    """The CLI submitted to the servers; the pool's SDK workers are recorded
+    from /proc while the job runs."""
+    job_service, pool = servers
+    out = str(tmp_path_factory.mktemp("portable") / "logdir")
     seen, done = {}, threading.Event()
 
     def watch():
@@ -248,6 +252,7 @@ def test_counters_and_summary_come_back_through_the_job_service(rehearsal, in_me
     assert local["counters"]["failed"] == 2 and local["counters"]["written"] == 60
     assert remote["options"]["runner"] == "PortableRunner"
     assert remote["options"]["environment_type"] == "EXTERNAL"
+    assert remote["options"]["config"] == "configs/portable_local.yaml"
     last = rehearsal["stdout"].strip().splitlines()[-1]
     assert last.startswith("beam-projector: read=62 sampled=62 decoded=60 embedded=60 "
                            "written=60 failed=2 in ")
@@ -280,31 +285,31 @@ def test_what_the_workers_run(rehearsal):
                for _, maps in workers.values() for line in maps.splitlines())
 
 
-def test_worker_killed_mid_run_fails_cleanly(request, dataset, in_memory, tmp_path_factory):
+def test_worker_killed_mid_run_fails_cleanly(servers, in_memory, tmp_path_factory):
     """Kill the SDK worker once the job is embedding (TensorFlow mapped into
     the worker: read, sample and decode are done). Beam's job service does
     not retry bundles, so the job fails: exit 1, one `beam-projector:
     failed:` line naming the lost worker, no traceback, and the previous
     logdir stays byte-identical."""
     tmp = tmp_path_factory.mktemp("kill")
-    job_service = start_job_service(request, tmp)
-    pool = start_worker_pool(request, tmp)
+    job_service, pool = servers
     # a slower run than the rehearsal: more images and a larger model input
     big = tmp / "big"
-    csv_path, _ = write_digits(str(big), count=400)
+    csv_path, _ = write_digits(str(big), count=200)
     model = tiny_model(str(big / "m64.keras"), side=64)
     out = str(tmp / "logdir")
     shutil.copytree(in_memory[0], out)  # the logdir of a previous run
     before = tree(out)
+    earlier = set(sdk_workers(pool.proc.pid))  # a previous job's worker, being stopped
     cli = portable_cli(job_service, pool, "--input", csv_path, "--model", model,
                        "--embedding_layer", "embedding", "--output", out,
-                       "--max_items", "300", "--tile_size", "16", setup_file=False)
+                       "--max_items", "150", "--tile_size", "16")
     try:
         killed = None
         deadline = time.time() + 180
         while killed is None and time.time() < deadline and cli.poll() is None:
             for pid, (_, maps) in sdk_workers(pool.proc.pid).items():
-                if "libtensorflow" in maps:
+                if "libtensorflow" in maps and pid not in earlier:
                     assert tree(out) == before  # nothing published yet: this is mid-run
                     os.kill(pid, signal.SIGKILL)
                     killed = pid
