@@ -120,6 +120,24 @@ def _options_used(options: PipelineOptions) -> dict:
     return used
 
 
+class _RelayedTracebacks(logging.Filter):
+    """Drop the job service's tracebacks that the PortableRunner relays to
+    the root logger (unless it logs DEBUG): the CLI's one failure line says
+    what failed, and the job service's own log keeps the traceback."""
+
+    def filter(self, record):
+        if not record.pathname.endswith("portable_runner.py"):
+            return True
+        return ("Traceback (most recent call last)" not in record.getMessage()
+                or logging.getLogger().isEnabledFor(logging.DEBUG))
+
+
+def _hide_relayed_tracebacks() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, _RelayedTracebacks) for f in root.filters):
+        root.addFilter(_RelayedTracebacks())
+
+
 def run(argv: Optional[List[str]] = None) -> dict:
     """Run the pipeline; returns the summary counts. Raises UsageError early.
 
@@ -134,6 +152,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     started = time.time()
     p = beam.Pipeline(options=options)
     build(p, po, plan)
+    _hide_relayed_tracebacks()
     result = p.run()
     result.wait_until_finish()
     counts = read_counters(result)
@@ -147,6 +166,20 @@ def run(argv: Optional[List[str]] = None) -> dict:
         "wall_seconds": round(time.time() - run_started, 2)})
     LOG.info("run summary written to %s", path)
     return summary
+
+
+# All Beam's data plane says when an SDK worker dies mid-bundle (killed, out
+# of memory, a crashed native library); the Job API relays it as the error.
+_WORKER_LOST = "Channel closed prematurely"
+
+
+def _explain_failure(line: str) -> str:
+    """Name a lost SDK worker plainly; other failure lines pass unchanged."""
+    if _WORKER_LOST in line:
+        return ("an SDK worker was lost before the job finished (its process died or its "
+                f"connection closed: {_WORKER_LOST}); no partial logdir is published, "
+                "rerun the job")
+    return line
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -164,7 +197,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Beam re-raises a DoFn's exception with " [while running 'Step']"
         # appended; the step name says nothing the user can act on.
         line = re.sub(r" \[while running '[^']*'\]$", "", msg[-1]) if msg else type(e).__name__
-        print(f"beam-projector: failed: {line}", file=sys.stderr)
+        print(f"beam-projector: failed: {_explain_failure(line)}", file=sys.stderr)
         return 1
     print("beam-projector: read={read} sampled={sampled} decoded={decoded} embedded={embedded} "
           "written={written} failed={failed} in {seconds}s".format(**summary))

@@ -161,3 +161,13 @@ def test_every_beam_option_is_settable_from_a_config(tmp_path):
     assert not unchanged
     assert got["dataflow_service_options"] == ["first=1", "second=2"]
     assert got["direct_num_workers"] == 7 and got["max_num_workers"] == 7
+
+
+def test_portable_local_preset():
+    """configs/portable_local.yaml: the Job API rehearsal of README's "Rehearse
+    a cluster run" (tests/test_portable.py runs it against live servers)."""
+    opts = parsed(["--config", os.path.join(REPO, "configs", "portable_local.yaml")])
+    assert opts["runner"] == "PortableRunner" and opts["environment_type"] == "EXTERNAL"
+    assert opts["job_endpoint"] == "127.0.0.1:8099"
+    assert opts["environment_config"] == "127.0.0.1:50000"
+    assert opts["setup_file"] == "./setup.py"

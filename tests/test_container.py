@@ -1,0 +1,137 @@
+"""The worker image recipe (Dockerfile), checked without Docker.
+
+Docker is not available here, so the image is never built in tests. What can
+be checked is: the base image is Beam's SDK image of the installed Beam and
+Python versions (a mismatch breaks the worker boot on Dataflow and Flink),
+every path the Dockerfile copies exists and is not excluded by
+.dockerignore, and the package with its pins builds and resolves from
+exactly those paths, offline.
+"""
+import email
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import apache_beam
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCKERFILE = os.path.join(REPO, "Dockerfile")
+
+
+def instructions():
+    """(INSTRUCTION, argument text) pairs, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", open(DOCKERFILE).read())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def copies():
+    """[(sources, destination)] of every COPY."""
+    out = []
+    for word, rest in instructions():
+        if word == "COPY":
+            args = [a for a in shlex.split(rest) if not a.startswith("--")]
+            out.append((args[:-1], args[-1]))
+    return out
+
+
+def pip_install_args():
+    runs = [rest for word, rest in instructions() if word == "RUN" and "pip install" in rest]
+    assert len(runs) == 1, runs
+    words = shlex.split(runs[0].split("&&")[0])
+    return words[words.index("install") + 1:]
+
+
+def test_base_image_matches_installed_beam_and_python():
+    froms = [rest for word, rest in instructions() if word == "FROM"]
+    assert len(froms) == 1, froms
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert froms[0] == f"apache/beam_python{py}_sdk:{apache_beam.__version__}"
+    # pip must keep the image's own Beam, the one its boot program belongs to
+    assert f"apache-beam[gcp]=={apache_beam.__version__}" in pip_install_args()
+
+
+def test_every_copied_path_exists_and_reaches_the_build_context():
+    ignore = [line.strip() for line in open(os.path.join(REPO, ".dockerignore"))
+              if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*"  # an allow-list: .venv and build/ never reach the daemon
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    sources = [s for srcs, _ in copies() for s in srcs]
+    assert {"setup.py", "README.md", "MANIFEST.in", "pipeline/", "transforms/",
+            "configs/"} <= set(sources)
+    for src in sources:
+        assert os.path.exists(os.path.join(REPO, src)), src
+        assert src.rstrip("/") in allowed, f"{src} is excluded by .dockerignore"
+    # setup.py's find_packages must find every package the image needs
+    for pkg in ("pipeline", "transforms", "configs"):
+        assert any(s.rstrip("/") == pkg for s in sources), pkg
+
+
+@pytest.fixture(scope="module")
+def image_wheel(tmp_path_factory):
+    """Lay out exactly what the Dockerfile copies, then build the wheel pip
+    would build in the image (offline: no index, no build isolation)."""
+    tmp = tmp_path_factory.mktemp("image")
+    root = tmp / "opt" / "beam-projector"
+    install_dir = next(a for a in pip_install_args() if a.startswith("/"))
+    assert install_dir.rstrip("/") == "/opt/beam-projector"
+    for srcs, dest in copies():
+        assert dest.rstrip("/").startswith(install_dir.rstrip("/")), dest
+        target = tmp / dest.lstrip("/")
+        for src in srcs:
+            path = os.path.join(REPO, src)
+            if os.path.isdir(path):
+                shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, target / os.path.basename(src))
+    wheels = tmp / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
+                    "--no-build-isolation", "-w", str(wheels), str(root)],
+                   check=True, capture_output=True, cwd=str(tmp))
+    built = list(wheels.glob("beam_projector-*.whl"))
+    assert len(built) == 1, built
+    return built[0]
+
+
+def test_the_wheel_carries_the_package_and_its_pins(image_wheel):
+    with zipfile.ZipFile(image_wheel) as whl:
+        names = set(whl.namelist())
+        meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        meta = email.message_from_bytes(whl.read(meta_name))
+    for folder, ext in (("pipeline", ".py"), ("transforms", ".py"), ("configs", ".yaml")):
+        repo_files = {f"{folder}/{n}" for n in os.listdir(os.path.join(REPO, folder))
+                      if n.endswith(ext)}
+        assert repo_files and repo_files <= names, sorted(repo_files - names)
+    requires = sorted(r for r in meta.get_all("Requires-Dist") if "extra ==" not in r)
+    installed = sorted(r for r in importlib.metadata.requires("beam-projector")
+                       if "extra ==" not in r)
+    assert requires == installed
+    assert any(r.startswith("tensorflow") and "<2.22" in r for r in requires), requires
+    assert any(r.startswith("tfx-bsl") for r in requires), requires
+
+
+def test_the_pins_resolve_offline_with_the_images_beam(image_wheel, tmp_path):
+    """pip resolves the image's install line against the versions this venv
+    tests with, without an index: nothing but the package itself would be
+    installed, so the image gets the tested TensorFlow / Beam combination."""
+    extra = [a for a in pip_install_args() if not a.startswith("-") and not a.startswith("/")]
+    report = tmp_path / "report.json"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--no-index",
+                    "--report", str(report), str(image_wheel), *extra],
+                   check=True, capture_output=True)
+    planned = {i["metadata"]["name"].lower(): i["metadata"]["version"]
+               for i in json.load(open(report))["install"]}
+    assert planned == {"beam-projector": "0.1.0"}, planned
