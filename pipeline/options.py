@@ -46,10 +46,9 @@ class ProjectorOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         g = parser.add_argument_group("input")
-        g.add_argument("--input", help="CSV file (or glob) with a header row; TFRecord "
-                       "file(s) of tf.Example (a TensorFlow Datasets folder's shards too); or "
-                       "a folder (class sub-folders give a label column) or glob of image "
-                       "files. The kind is detected. Required")
+        g.add_argument("--input", help="CSV of image paths, TFRecord file(s) of tf.Example "
+                       "(TFDS shards too), or a folder or glob of images; the kind is "
+                       "detected. Required")
         g.add_argument("--image_column", default="path",
                        help="CSV: column holding the image path; every other column "
                        "becomes metadata")
@@ -187,6 +186,7 @@ def help_parser() -> argparse.ArgumentParser:
     """A parser holding exactly ProjectorOptions' arguments, for ``--help``."""
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_HelpFormatter, allow_abbrev=False,
+        usage=f"{PROG} --input IN --model MODEL --output LOGDIR [options]",
         description="Images + a TensorFlow model -> a TensorBoard Embedding Projector logdir "
         "(tensor, metadata, sprite). Also: python -m pipeline.run.",
         epilog=f"Beam's own options (--runner, --direct_num_workers, Dataflow, Flink, ...) are "

@@ -112,12 +112,15 @@ _COUNTS: dict = {}
 
 class _ProgressFn(beam.DoFn):
     """Counts elements and reports at 10% steps of the total (or 1k, 2k,
-    4k, ... without one) and at least every ``every_s`` seconds; in ``live``
-    mode (a local run on a terminal) it rewrites one line instead."""
+    4k, ... without one) but at most once per ``min_gap_s`` (a fast stage
+    logs only its last line), at least every ``every_s`` seconds, and on
+    the last element of a known total; in ``live`` mode (a local run on a
+    terminal) it rewrites one line instead."""
 
     def __init__(self, stage: str, every_s: float = 30.0, first: int = 1000,
-                 whole_job: bool = True, live: bool = False):
+                 whole_job: bool = True, live: bool = False, min_gap_s: float = 5.0):
         self._stage, self._every_s, self._first = stage, every_s, first
+        self._min_gap_s = min_gap_s
         self._whole_job, self._live = whole_job, live
         self._key = f"{stage}-{uuid.uuid4().hex}"   # shared by this DoFn's pickled copies
 
@@ -133,8 +136,12 @@ class _ProgressFn(beam.DoFn):
             seen = state["seen"]
             if state["next"] is None:
                 state["next"] = next_report(0, total, self._first)
-            due_every = 0.25 if self._line else self._every_s
-            due = seen >= state["next"] or now - state["last"] >= due_every
+            since = now - state["last"]
+            if self._line:
+                due = since >= 0.25 or seen == total
+            else:  # a step reached, but not more than one line per min_gap_s
+                due = ((seen >= state["next"] and since >= self._min_gap_s)
+                       or since >= self._every_s or seen == total)
             if due:
                 state["next"] = next_report(seen, total, self._first)
                 state["last"] = now
@@ -169,14 +176,16 @@ class LogProgress(beam.PTransform):
     which land in the worker logs.
     """
 
-    def __init__(self, stage: str, every_s: float = 30.0, total=None):
+    def __init__(self, stage: str, every_s: float = 30.0, total=None, min_gap_s: float = 5.0):
         super().__init__()
         self._stage, self._every_s, self._total = stage, every_s, total
+        self._min_gap_s = min_gap_s
 
     def expand(self, pcoll):
         whole_job = _runs_in_this_process(pcoll.pipeline.options)
         live = whole_job and _stderr_is_terminal()
-        fn = _ProgressFn(self._stage, self._every_s, whole_job=whole_job, live=live)
+        fn = _ProgressFn(self._stage, self._every_s, whole_job=whole_job, live=live,
+                         min_gap_s=self._min_gap_s)
         if self._total is None:
             return pcoll | beam.ParDo(fn)
         return pcoll | beam.ParDo(fn, total=beam.pvalue.AsSingleton(self._total))
