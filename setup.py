@@ -33,7 +33,8 @@ setuptools.setup(
     extras_require={
         "demo": ["scikit-learn>=1.3"],
         # websockets: the DevTools-protocol client of tests/test_browser.py
-        "test": ["pytest>=8", "scikit-learn>=1.3", "websockets>=12"],
+        # tensorflow-datasets: tests/test_tfds.py writes real TFDS shards offline
+        "test": ["pytest>=8", "scikit-learn>=1.3", "websockets>=12", "tensorflow-datasets>=4.9.10"],
     },
     entry_points={"console_scripts": ["beam-projector=pipeline.run:main"]},
 )

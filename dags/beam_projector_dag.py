@@ -4,7 +4,9 @@ Airflow and the pipeline live in different virtual environments (Airflow's
 pins and TensorFlow's do not mix): ``BeamRunPythonPipelineOperator`` shells
 out to the pipeline venv's interpreter as ``python -m pipeline.run
 --runner=R --config=FILE --output=ROOT/<ds>``, so this file imports nothing
-from the project.
+from the project. The config is read through Beam's ``FileSystems`` (Beam
+comes with the Beam provider), so a ``gs://`` config works on Cloud
+Composer; reading it is the only I/O at parse time.
 
 Settings (environment of the Airflow scheduler/worker, read at parse time):
   BEAM_PROJECTOR_CONFIG       YAML preset (default: configs/local_multiprocess.yaml);
@@ -34,9 +36,12 @@ RETRY_DELAY = timedelta(seconds=float(os.environ.get("BEAM_PROJECTOR_RETRY_DELAY
 
 def _runner(config_path: str) -> str:
     """The preset's runner: the operator passes --runner itself (and would
-    otherwise default to DirectRunner, which tries to download Prism)."""
-    with open(config_path, encoding="utf-8") as f:
-        return (yaml.safe_load(f) or {}).get("runner", "FnApiRunner")
+    otherwise default to DirectRunner, which tries to download Prism).
+    Read through Beam's FileSystems: local paths, gs://, s3://, ..."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(config_path, compression_type="uncompressed") as f:
+        return (yaml.safe_load(f.read().decode("utf-8")) or {}).get("runner", "FnApiRunner")
 
 
 with DAG(

@@ -74,6 +74,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="build/demo")
     args, extra = ap.parse_known_args(argv)
+    # quiet like the pipeline's CLI: Keras/TensorFlow are imported first here
+    from pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
+    level = level_from_argv(extra)
+    import_tensorflow_quietly(level)
+    configure_logging(level)
     work = os.path.abspath(args.workdir)
     os.makedirs(work, exist_ok=True)
     t0 = time.time()

@@ -1,8 +1,11 @@
 """Every beam-projector option, declared once.
 
 A ``PipelineOptions`` subclass, so the flags travel with the pipeline to
-Dataflow/Flink workers and mix freely with Beam's own flags.
+Dataflow/Flink workers and mix freely with Beam's own flags. ``--help`` is
+generated from the same declarations (``format_help``), so it cannot drift.
 """
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.decode import RESIZE_MODES
@@ -11,6 +14,7 @@ from transforms.sources import COMPRESSIONS
 from transforms.write import TENSOR_FORMATS
 
 MIN_TILE, MAX_TILE = 8, 1024
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def parse_image_size(value):
@@ -33,68 +37,107 @@ def _csv_list(value):
 
 
 class ProjectorOptions(PipelineOptions):
+    """The flags, in the groups ``--help`` shows them in.
+
+    A help text that does not say its default gets ``(default: X)`` appended
+    by ``--help`` (``format_help``); an empty default is explained in the text.
+    """
+
     @classmethod
     def _add_argparse_args(cls, parser):
-        g = parser.add_argument_group("beam-projector")
-        g.add_argument("--input", help="CSV file (or glob) with a header row; TFRecord "
-                       "file(s) of tf.Example; or a folder (class sub-folders give a label "
-                       "column) or glob of image files. The kind is detected; relative "
-                       "image paths resolve against the CSV's/TFRecord's folder")
+        g = parser.add_argument_group("input")
+        g.add_argument("--input", help="CSV of image paths, TFRecord file(s) of tf.Example "
+                       "(TFDS shards too), or a folder or glob of images; the kind is "
+                       "detected. Required")
         g.add_argument("--image_column", default="path",
-                       help="CSV column holding the image path (default: path); "
-                       "every other column becomes metadata")
-        g.add_argument("--image_feature", default="image/encoded",
-                       help="TFRecord feature holding the encoded image or its path "
-                       "(default: image/encoded)")
+                       help="CSV: column holding the image path; every other column "
+                       "becomes metadata")
+        g.add_argument("--image_feature", default="",
+                       help="TFRecord: feature holding the encoded image or its path "
+                       "(default: the TFDS dataset's image feature, else image/encoded)")
         g.add_argument("--metadata_features", default="",
-                       help="TFRecord features to keep as metadata, comma-separated "
+                       help="TFRecord: features to keep as metadata, comma-separated "
                        "(default: every scalar feature)")
         g.add_argument("--compression", default="auto", choices=COMPRESSIONS,
                        help="TFRecord compression: auto (from the extension or the gzip "
-                       "signature, default), none or gzip")
+                       "signature), none or gzip")
+
+        g = parser.add_argument_group("sampling")
+        g.add_argument("--max_items", type=int, default=1500, help="sample size N")
+        g.add_argument("--seed", type=int, default=0, help="sampling seed")
         g.add_argument("--label_column", default="label",
-                       help="metadata column --max_per_label counts by (default: label)")
+                       help="metadata column --max_per_label counts by")
         g.add_argument("--max_per_label", type=int, default=None,
-                       help="stratified sample: at most K items per label value")
-        g.add_argument("--model", help="Keras .keras/.h5 file or TensorFlow SavedModel directory")
+                       help="stratified sample: at most K items per label value "
+                       "(default: no per-label cap)")
+
+        g = parser.add_argument_group("model")
+        g.add_argument("--model", help="Keras .keras/.h5 file or TensorFlow SavedModel "
+                       "directory (local or any Beam filesystem URI). Required")
         g.add_argument("--embedding_layer", default="",
-                       help="layer(s) whose output is the embedding, comma-separated "
+                       help="Keras: layer(s) whose output is the embedding, comma-separated "
                        "(default: the model's output)")
         g.add_argument("--signature", default="serving_default",
-                       help="SavedModel signature to call (default: serving_default)")
+                       help="SavedModel signature to call")
         g.add_argument("--embedding_output", default="",
-                       help="SavedModel output key(s) to use as embeddings, comma-separated")
+                       help="SavedModel output key(s) to use as embeddings, comma-separated "
+                       "(default: the first output)")
         g.add_argument("--image_size", default="",
                        help="model input HEIGHTxWIDTH (or one number), for models that "
-                       "accept any image size; must match a fixed input size")
-        g.add_argument("--output", help="logdir to write (local path or any Beam filesystem URI)")
-        g.add_argument("--max_items", type=int, default=1500,
-                       help="sample size N (default: 1500)")
-        g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-        g.add_argument("--tile_size", type=int, default=100,
-                       help=f"sprite tile side in px, {MIN_TILE}-{MAX_TILE} (default: 100); "
-                       "shrunk automatically to keep the sprite within 8192 px")
-        g.add_argument("--batch_size", type=int, default=32,
-                       help="images per model call (default: 32)")
+                       "accept any image size (default: the model's input size)")
+        g.add_argument("--batch_size", type=int, default=32, help="images per model call")
         g.add_argument("--resize", default="pad", choices=RESIZE_MODES,
-                       help="how images are fitted to the model input (default: pad)")
+                       help="how images are fitted to the model input: pad (letterbox), "
+                       "crop (centre) or stretch")
         g.add_argument("--pixel_scale", default="raw", choices=PIXEL_SCALES,
-                       help="raw: 0-255 (default), unit: 0-1, symmetric: -1-1")
-        # binary is the default: a live TensorBoard answers /tensor for
-        # 10,000 x 1280 many times faster than from TSV (BENCHMARKS.md).
-        g.add_argument("--tensor_format", default="binary", choices=TENSOR_FORMATS,
-                       help="binary little-endian float32 (default, fast to load) or tsv")
-        g.add_argument("--max_error_fraction", type=float, default=0.1,
-                       help="fail the job when more of the sampled items fail (default: 0.1)")
+                       help="pixel range the model expects: raw 0-255, unit 0-1, "
+                       "symmetric -1..1")
+
+        g = parser.add_argument_group("output")
+        g.add_argument("--output", help="logdir to write (local path or any Beam "
+                       "filesystem URI). Required")
+        g.add_argument("--tile_size", type=int, default=100,
+                       help=f"sprite tile side in px, {MIN_TILE}-{MAX_TILE}; shrunk "
+                       "automatically to keep the sprite within 8192 px")
+        # tsv is the default: the files of the original tutorial, which other
+        # tools and projector.tensorflow.org's "Load" dialog take. binary loads
+        # many times faster in TensorBoard for big runs (BENCHMARKS.md).
+        g.add_argument("--tensor_format", default="tsv", choices=TENSOR_FORMATS,
+                       help="tsv: feature_vecs.tsv, tab-separated text; binary: "
+                       "feature_vecs.bytes, little-endian float32 that TensorBoard "
+                       "loads 25x faster (for big runs)")
         g.add_argument("--no_preview", action="store_true", default=False,
                        help="do not write preview.png (the thumbnails at a 2-D PCA of the "
                        "embeddings) at the logdir root")
         g.add_argument("--standalone", action="store_true", default=False,
                        help="also write a static export for the standalone Embedding "
                        "Projector: .bytes tensors, projector_config.json and index.html")
+
+        g = parser.add_argument_group("failures")
+        g.add_argument("--max_error_fraction", type=float, default=0.1,
+                       help="fail the job, publishing nothing, when more of the sampled "
+                       "items fail (errors.tsv lists them)")
+
+        g = parser.add_argument_group("run")
         g.add_argument("--config", default=None,
-                       help="YAML file of option: value (any option above or any Beam "
-                       "option); flags on the command line override it (see configs/)")
+                       help="YAML file of option: value (any option here or any Beam "
+                       "option); flags on the command line override it (default: none; "
+                       "see configs/)")
+        g.add_argument("--log_level", default=None, choices=LOG_LEVELS,
+                       help="show TensorFlow's, Beam's and Pillow's own messages from this "
+                       "level up (default: none, only beam-projector's progress, warnings "
+                       "and summary)")
+        g.add_argument("-v", "--verbose", action="count", default=0,
+                       help="same as --log_level INFO (-vv: DEBUG) (default: off)")
+
+    @property
+    def library_log_level(self):
+        """The level libraries log at: --log_level, else from -v, else None (quiet)."""
+        if self.log_level:
+            return self.log_level
+        if self.verbose:
+            return "DEBUG" if self.verbose > 1 else "INFO"
+        return None
 
     @property
     def layers(self):
@@ -112,3 +155,73 @@ class ProjectorOptions(PipelineOptions):
     @property
     def metadata_feature_list(self):
         return _csv_list(self.metadata_features)
+
+
+# --- --help ----------------------------------------------------------------------
+# Beam's own parser is built with add_help=False and only ever parses known
+# args, so -h never reaches argparse's help: the entry point asks for it
+# explicitly (``help_requested``) before --config is expanded or Beam parses.
+
+HELP_FLAGS = ("-h", "--help")
+BEAM_HELP_FLAG = "--help_beam"
+PROG = "beam-projector"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends each option's default unless its help already says it."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30, width=100)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or "default" in text or "Required" in text:
+            return text
+        if action.nargs == 0:  # a switch
+            return f"{text} (default: off)"
+        return f"{text} (default: {action.default})"
+
+
+def help_parser() -> argparse.ArgumentParser:
+    """A parser holding exactly ProjectorOptions' arguments, for ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=_HelpFormatter, allow_abbrev=False,
+        usage=f"{PROG} --input IN --model MODEL --output LOGDIR [options]",
+        description="Images + a TensorFlow model -> a TensorBoard Embedding Projector logdir "
+        "(tensor, metadata, sprite). Also: python -m pipeline.run.",
+        epilog=f"Beam's own options (--runner, --direct_num_workers, Dataflow, Flink, ...) are "
+        f"accepted too; list them with: {PROG} {BEAM_HELP_FLAG}")
+    ProjectorOptions._add_argparse_args(parser)  # noqa: SLF001 - the one declaration
+    return parser
+
+
+def format_help() -> str:
+    return help_parser().format_help()
+
+
+def format_beam_help() -> str:
+    """Every registered Beam PipelineOptions argument except ours."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(prog=f"{PROG} (Beam options)", allow_abbrev=False,
+                                 add_help=False, formatter_class=_HelpFormatter)
+    seen = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        if not issubclass(cls, ProjectorOptions):
+            cls._add_argparse_args(parser)  # noqa: SLF001 - as Beam's get_all_options does
+    return parser.format_help()
+
+
+def help_requested(argv) -> str:
+    """"beam" for --help_beam, "projector" for -h/--help, "" otherwise
+    (flags after a bare ``--`` do not count)."""
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg == BEAM_HELP_FLAG:
+            return "beam"
+        if arg in HELP_FLAGS:
+            return "projector"
+    return ""

@@ -14,9 +14,11 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
                                                   StandardOptions)
 
 from pipeline.config import expand_config
-from pipeline.options import ProjectorOptions
+from pipeline.options import ProjectorOptions, format_beam_help, format_help, help_requested
 from pipeline.preflight import Plan, UsageError, failure_margin, make_plan
-from pipeline.progress import COUNTERS, LogProgress, read_counters, write_summary
+from pipeline.progress import (COUNTERS, LogProgress, end_live_line, large_tsv_hint,
+                               read_counters, write_summary)
+from pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
 from transforms.decode import ThumbnailImages
 from transforms.inference import EmbedImages
 from transforms.items import order_key
@@ -85,14 +87,18 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     # The sample holds a margin beyond N so that failed images do not shrink
     # the output; keep exactly the first N that decoded, in key order, before
     # paying for inference.
-    last_key = (checked
-                | "OrderKeys" >> beam.Map(lambda d: order_key(d.item))
-                | "FirstNKeys" >> beam.combiners.Top.Of(po.max_items, reverse=True)
-                | "LastKept" >> beam.Map(_nth_key))
+    first_keys = (checked
+                  | "OrderKeys" >> beam.Map(lambda d: order_key(d.item))
+                  | "FirstNKeys" >> beam.combiners.Top.Of(po.max_items, reverse=True))
+    last_key = first_keys | "LastKept" >> beam.Map(_nth_key)
     selected = checked | "KeepFirstN" >> beam.Filter(_within, beam.pvalue.AsSingleton(last_key))
     embedded, embed_errors = selected | "Embed" >> EmbedImages(
         plan.model, plan.model_size, po.batch_size, po.resize)
-    embedded = embedded | "ProgressEmbedded" >> LogProgress("embedded")
+    # total: how many go to the model (= len(first_keys), known before the
+    # first model call; a Count of `selected` would hold the progress step
+    # back until every image is embedded, since it waits on that side input).
+    embedded = embedded | "ProgressEmbedded" >> LogProgress(
+        "embedded", total=first_keys | "CountSelected" >> beam.Map(len))
     errors = (read_errors, decode_errors, embed_errors) | "AllErrors" >> beam.Flatten()
     cfg = WriterConfig(output=po.output, columns=plan.columns, tensor_names=plan.tensor_names,
                        tile=po.tile_size, max_items=po.max_items,
@@ -154,17 +160,26 @@ def run(argv: Optional[List[str]] = None) -> dict:
     build(p, po, plan)
     _hide_relayed_tracebacks()
     result = p.run()
-    result.wait_until_finish()
+    try:
+        result.wait_until_finish()
+    finally:
+        end_live_line()
     counts = read_counters(result)
     summary = {k: counts.get(k, 0) for k in COUNTERS}
     summary["seconds"] = round(time.time() - started, 2)
     if not summary["written"]:
         raise RuntimeError(f"nothing was written to {po.output}; counts: {summary}")
-    path = write_summary(po.output, {
+    record = {
         "counters": {k: summary[k] for k in COUNTERS}, "all_counters": counts,
         "options": _options_used(options), "pipeline_seconds": summary["seconds"],
-        "wall_seconds": round(time.time() - run_started, 2)})
-    LOG.info("run summary written to %s", path)
+        "wall_seconds": round(time.time() - run_started, 2)}
+    if plan.source is not None and plan.source.tfds:
+        record["tfds"] = summary["tfds"] = dict(plan.source.tfds)
+    path = write_summary(po.output, record)
+    LOG.debug("run summary written to %s", path)
+    hint = large_tsv_hint(po.output, po.tensor_format)
+    if hint:
+        LOG.warning(hint)
     return summary
 
 
@@ -183,11 +198,18 @@ def _explain_failure(line: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("apache_beam", "absl", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wanted = help_requested(argv)
+    if wanted:
+        print(format_beam_help() if wanted == "beam" else format_help(), end="")
+        return 0
     try:
-        summary = run(argv if argv is not None else sys.argv[1:])
+        argv = expand_config(argv)
+        # before anything imports TensorFlow (make_plan loads the model)
+        level = level_from_argv(argv)
+        import_tensorflow_quietly(level)
+        configure_logging(level)
+        summary = run(argv)
     except UsageError as e:
         print(f"beam-projector: error: {e}", file=sys.stderr)
         return 2
@@ -199,8 +221,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         line = re.sub(r" \[while running '[^']*'\]$", "", msg[-1]) if msg else type(e).__name__
         print(f"beam-projector: failed: {_explain_failure(line)}", file=sys.stderr)
         return 1
+    tfds = summary.get("tfds")
+    source = (f" from TFDS {tfds['name']} {tfds['version']} split {tfds['split']}"
+              if tfds else "")
     print("beam-projector: read={read} sampled={sampled} decoded={decoded} embedded={embedded} "
-          "written={written} failed={failed} in {seconds}s".format(**summary))
+          "written={written} failed={failed} in {seconds}s".format(**summary) + source)
     return 0
 
 

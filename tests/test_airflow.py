@@ -87,6 +87,28 @@ def test_dagbag_loads_the_dag_with_its_defaults(airflow_home):
     assert info["pipeline_options"]["output"] == os.path.join(REPO, "build", "airflow") + "/{{ ds }}"
 
 
+CONFIG_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[2])   # tests/: registers the schemefs:// Beam filesystem
+import schemefs  # noqa: F401
+""" + INSPECT
+
+
+def test_dag_reads_its_config_through_beam_filesystems(airflow_home, tmp_path):
+    """A config on a non-local Beam filesystem (as gs:// on Cloud Composer):
+    the DAG parses and takes the runner from it, which an open() could not."""
+    home, env = airflow_home
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "remote.yaml").write_text(yaml.safe_dump({
+        "runner": "DataflowRunner", "input": "gs://b/images.csv", "max_items": 10}))
+    url = "schemefs://configs/remote.yaml"
+    env = {**env, "BEAM_PROJECTOR_CONFIG": url, "SCHEMEFS_ROOT": str(tmp_path)}
+    info, _ = airflow_python(CONFIG_SCRIPT, [DAGS, os.path.join(REPO, "tests")], env, str(home))
+    assert info["import_errors"] == {}
+    assert info["runner"] == "DataflowRunner"
+    assert info["pipeline_options"]["config"] == url
+
+
 def test_dag_test_writes_a_run_dated_logdir_tensorboard_serves(airflow_home, digits, model_path,
                                                               tmp_path):
     home, env = airflow_home

@@ -126,11 +126,13 @@ def test_every_projector_option_is_settable_from_a_config(tmp_path):
     ProjectorOptions._add_argparse_args(parser)
     actions = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")]
     assert len(actions) >= 14
-    config = {a.option_strings[0][2:]: _value_for(a) for a in actions}
+    def key(a):  # the long flag (-v is also --verbose)
+        return next(s for s in a.option_strings if s.startswith("--"))[2:]
+    config = {key(a): _value_for(a) for a in actions}
     path = write_config(tmp_path, config)
     po = PipelineOptions(expand_config(["--config", path])).view_as(ProjectorOptions)
     for a in actions:
-        expected = config[a.option_strings[0][2:]]
+        expected = config[key(a)]
         got = getattr(po, a.dest)
         assert got == expected and got != a.default, a.dest
 

@@ -184,3 +184,56 @@ def test_hostile_csv_paths_round_trip(hostile):
         paths = {row["path"] for row in csv.DictReader(f)}
     assert set(good) <= paths
     assert any("\t" in p for p in paths) and any('"' in p for p in paths)
+
+
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 20 10
+0.8 0.1 0.1 setrgbcolor 0 0 20 10 rectfill
+showpage
+%%EOF
+"""
+
+
+def test_eps_without_ghostscript_is_unsupported_here_not_corrupt(monkeypatch):
+    from PIL import EpsImagePlugin
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", False)  # a machine without gs
+    with pytest.raises(ImageError) as e:
+        decode_image(EPS, (16, 16), 8)
+    assert str(e.value) == ("unsupported here: EPS needs Ghostscript (the gs program), "
+                            "which is not installed on this machine")
+
+
+@pytest.mark.parametrize("error,reason", [
+    (OSError("decoder jpeg2k not available"),
+     "unsupported here: JPEG2000 needs Pillow's jpeg2k decoder (OpenJPEG), which this Pillow "
+     "build lacks"),
+    (OSError("cannot find loader for this WMF file"),
+     "unsupported here: JPEG2000 needs a decoder plugin registered with Pillow, which this "
+     "machine lacks"),
+    (ValueError("image file could not be identified because AVIF support not installed"),
+     "unsupported here: AVIF support not installed in this Pillow build"),
+    (OSError("broken data stream when reading image file"), None),
+])
+def test_missing_decoder_reasons_name_what_is_missing(error, reason):
+    from transforms.decode import missing_decoder_reason
+    assert missing_decoder_reason("JPEG2000", error) == reason
+
+
+def test_a_format_whose_plugin_is_missing_is_unsupported_here(monkeypatch):
+    """Pillow's accept() returns a string when a format's library is absent
+    (WebP/AVIF built without libwebp/libavif): the signature matched, the
+    machine cannot decode it."""
+    from PIL import Image
+    Image.init()
+    factory, _ = Image.OPEN["WEBP"]
+    monkeypatch.setitem(Image.OPEN, "WEBP", (factory, lambda prefix: (
+        "image file could not be identified because WEBP support not installed"
+        if prefix[:4] == b"RIFF" else False)))
+    data = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(data, "WEBP")
+
+    def no_webp(fp, *a, **k):  # Pillow without WebP cannot identify it at all
+        raise Image.UnidentifiedImageError("cannot identify image file")
+    monkeypatch.setattr(Image, "open", no_webp)
+    with pytest.raises(ImageError, match="^unsupported here: WEBP support not installed"):
+        decode_image(data.getvalue(), (16, 16), 8)

@@ -119,5 +119,5 @@ def test_run_summary_beside_the_outputs(multiprocess_run, digits):
     assert opts["direct_running_mode"] == "multi_processing" and opts["direct_num_workers"] == 2
     assert opts["runner"] == "FnApiRunner" and opts["max_items"] == 40
     assert opts["config"].endswith("configs/local_multiprocess.yaml")
-    assert opts["output"] == out and opts["tensor_format"] == "binary"  # defaults recorded too
+    assert opts["output"] == out and opts["tensor_format"] == "tsv"  # defaults recorded too
     assert data["wall_seconds"] >= data["pipeline_seconds"] > 0

@@ -55,8 +55,10 @@ def test_logdir_files_and_config(digits_run):
     assert meta[0] == "path\tlabel"
     assert meta[-1] == "" and len(meta) == 52  # header + 50 rows + final newline
     assert sprite.size == (8 * 24, 8 * 24) and sprite.mode == "RGBA"
-    assert emb.tensor_path.endswith(".bytes")  # the default: loads far faster than TSV
-    assert os.path.getsize(os.path.join(out, emb.tensor_path)) == 50 * 8 * 4
+    # the default: the tutorial's TSV (no header, 8 tab-separated floats a row)
+    assert emb.tensor_path.endswith("feature_vecs.tsv")
+    rows = open(os.path.join(out, emb.tensor_path)).read().split("\n")
+    assert len(rows) == 51 and rows[-1] == "" and all(len(r.split("\t")) == 8 for r in rows[:-1])
 
 
 def test_tsv_tensor_has_no_header_and_no_empty_field(digits, model_path, tmp_path):

@@ -126,7 +126,7 @@ def test_kill_at_every_publish_step_leaves_the_old_logdir(old_logdir, digits, mo
     assert data == [referenced_folder(logdir)]
     assert not [n for n in os.listdir(logdir) if ".tmp-" in n]
     assert sorted(os.listdir(os.path.join(logdir, data[0]))) == sorted(
-        ["feature_vecs.bytes", "metadata.tsv", "sprite.png"])
+        ["feature_vecs.tsv", "metadata.tsv", "sprite.png"])  # tsv: the default
 
 
 def test_kill_mid_decode_leaves_the_old_logdir_untouched(old_logdir, digits, model_path,

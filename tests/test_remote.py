@@ -8,6 +8,7 @@ which is where the in-memory FnApiRunner runs the workers. Nothing in the
 pipeline knows the scheme: if inputs, images, models or the logdir bypassed
 FileSystems (``open()``, ``os.path``, ``tf.io.gfile``), these runs would fail.
 """
+import io
 import os
 import shutil
 
@@ -171,8 +172,8 @@ def test_csv_images_keras_model_and_logdir_all_remote(bucket, digits, model_path
     assert meta[0] == "path\tlabel" and len(meta) == 14
     by_path = {r["path"]: r["label"] for r in rows}
     assert all(by_path[line.split("\t")[0]] == line.split("\t")[1] for line in meta[1:13])
-    assert emb.tensor_path.endswith(".bytes")
-    tensor = np.frombuffer(read(emb.tensor_path), dtype="<f4").reshape(list(emb.tensor_shape))
+    assert emb.tensor_path.endswith("feature_vecs.tsv")  # the default tensor format
+    tensor = np.loadtxt(io.BytesIO(read(emb.tensor_path)), delimiter="\t", ndmin=2)
     assert tensor.shape == (12, 8)
     assert read("errors.tsv") == b"input\tstage\treason\n"
 

@@ -13,9 +13,10 @@ that kills the job.
 import collections
 import io
 import os
+import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from typing import Tuple
+from typing import Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -90,11 +91,15 @@ def _open(data: bytes) -> Image.Image:
         raise ImageError(f"decompression bomb: {e}") from None
     except Image.UnidentifiedImageError:
         why = _signature_failures(data)
+        here = [w for w in why if w.startswith("unsupported here: ")]
+        if here:
+            raise ImageError(_printable(here[0])) from None
         if why:
             raise ImageError(_printable("unsupported or corrupt image: " + "; ".join(why))) from None
         raise ImageError("not an image Pillow can identify") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(_printable(f"corrupt or truncated image: {e}")) from None
+        raise ImageError(_printable(missing_decoder_reason("image", e)
+                                    or f"corrupt or truncated image: {e}")) from None
     pixels = img.width * img.height
     if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
         raise ImageError(f"decompression bomb: {img.width}x{img.height} = {pixels} pixels "
@@ -116,7 +121,10 @@ def _signature_failures(data: bytes) -> list:
     for fmt in Image.ID:
         factory, accept = Image.OPEN[fmt]
         matched = accept(prefix) if accept is not None else False
-        if not matched or isinstance(matched, str):   # a str is "plugin missing"
+        if isinstance(matched, str):   # a str is "plugin missing": say so
+            out.append(missing_decoder_reason(fmt, ValueError(matched)) or f"{fmt}: {matched}")
+            continue
+        if not matched:
             continue
         try:
             factory(io.BytesIO(data), "")
@@ -129,6 +137,37 @@ def _printable(text: str, limit: int = 300) -> str:
     """Reasons go into a TSV and a log line: no control bytes, bounded length."""
     text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# --- "unsupported here": the file may be fine, this machine lacks a decoder ---------
+# Pillow hands some formats to an outside program (EPS/PS: Ghostscript) or an
+# optional library compiled in or not (JPEG 2000: OpenJPEG, AVIF: libavif,
+# WebP: libwebp, ...), and some plugins are stubs that need a handler the
+# application registers (WMF/EMF off Windows, GRIB, BUFR, HDF5, FITS).
+_PILLOW_CODEC_LIBS = {"jpeg2k": "OpenJPEG", "jpeg": "libjpeg", "zip": "zlib", "webp": "libwebp",
+                      "avif": "libavif", "libtiff": "libtiff", "group4": "libtiff",
+                      "tiff_ccitt": "libtiff", "tiff_lzw": "libtiff"}
+_MISSING_CODEC = re.compile(r"decoder (\S+) not available")
+
+
+def missing_decoder_reason(fmt: str, error: BaseException) -> Optional[str]:
+    """``unsupported here: ...`` naming what this machine lacks to decode a
+    ``fmt`` file, or None when ``error`` is not about a missing decoder."""
+    text = str(error)
+    if "Ghostscript" in text:
+        return (f"unsupported here: {fmt} needs Ghostscript (the gs program), "
+                "which is not installed on this machine")
+    m = _MISSING_CODEC.search(text)
+    if m:
+        lib = _PILLOW_CODEC_LIBS.get(m.group(1))
+        return (f"unsupported here: {fmt} needs Pillow's {m.group(1)} decoder"
+                + (f" ({lib})" if lib else "") + ", which this Pillow build lacks")
+    if "cannot find loader for this" in text:
+        return (f"unsupported here: {fmt} needs a decoder plugin registered with Pillow, "
+                "which this machine lacks")
+    if "support not installed" in text:
+        return f"unsupported here: {text.rsplit('because ', 1)[-1]} in this Pillow build"
+    return None
 
 
 def _load_rgb(data: bytes, need: int, long_side_only: bool = True) -> Image.Image:
@@ -157,7 +196,8 @@ def _load_rgb(data: bytes, need: int, long_side_only: bool = True) -> Image.Imag
     except Image.DecompressionBombError as e:
         raise ImageError(f"decompression bomb: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as e:
-        raise ImageError(_printable(f"corrupt or truncated {fmt} data: {e}")) from None
+        raise ImageError(_printable(missing_decoder_reason(fmt, e)
+                                    or f"corrupt or truncated {fmt} data: {e}")) from None
     mode = img.mode
     try:
         img = ImageOps.exif_transpose(img)

@@ -10,6 +10,7 @@ pipeline uses; it picks the reader for the kind.
 import csv
 import hashlib
 import io
+import json
 import re
 import struct
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -145,6 +146,10 @@ class SourceSpec(NamedTuple):
     compression: str = "none"          # tfrecord: resolved "none" or "gzip"
     root: str = ""                     # folder: the directory paths and labels are relative to
     labelled: bool = False             # folder: class sub-folders give a label column
+    # tfrecord from a TensorFlow Datasets folder: ClassLabel feature -> class
+    # names (written instead of the indices), and (name, version, split) pairs
+    label_names: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    tfds: Tuple[Tuple[str, str], ...] = ()
 
 
 def _has_glob(pattern: str) -> bool:
@@ -347,7 +352,112 @@ def _scan_examples(paths: Sequence[str], compression: str):
     return examples
 
 
+# --- TensorFlow Datasets folders ----------------------------------------------------
+# TFDS writes its shards beside dataset_info.json (name, version, splits),
+# features.json (the FeaturesDict, as JSON) and NAME.labels.txt per
+# ClassLabel feature. Reading those three JSON/text files is all it takes to
+# know the image feature and the class names: tensorflow-datasets itself is
+# not needed at run time.
+
+TFDS_INFO, TFDS_FEATURES = "dataset_info.json", "features.json"
+_TFDS_IMAGE = "image_feature.Image"
+_TFDS_CLASS_LABEL = "class_label_feature.ClassLabel"
+_TFDS_DICT = "features_dict.FeaturesDict"
+
+
+def tfds_features(features_json: dict) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """From features.json: the tf.Example keys of the Image features, and
+    (key, labels file name) of the ClassLabel features, in declaration order.
+
+    Nested FeaturesDicts flatten to ``parent/child`` keys; their labels file
+    is ``parent-child.labels.txt`` (TFDS's ``convert_feature_name_to_filename``).
+    Sequences hold lists, never a metadata scalar, so they are not entered.
+    """
+    images, labels = [], []
+
+    def walk(node: dict, key: str, filename: str):
+        cls = node.get("pythonClassName", "")
+        if cls.endswith(_TFDS_DICT) or "featuresDict" in node:
+            for name, child in node.get("featuresDict", {}).get("features", {}).items():
+                walk(child, f"{key}/{name}" if key else name,
+                     f"{filename.replace('/', '-')}-{name.replace('/', '.')}" if filename
+                     else name.replace("/", "."))
+        elif cls.endswith(_TFDS_IMAGE):
+            images.append(key)
+        elif cls.endswith(_TFDS_CLASS_LABEL):
+            labels.append((key, filename + ".labels.txt"))
+
+    walk(features_json, "", "")
+    return images, labels
+
+
+def tfds_splits(info: dict, paths: Sequence[str]) -> List[str]:
+    """The splits the shard names belong to (``NAME-SPLIT.tfrecord-00000-of-00004``)."""
+    name = info.get("name", "")
+    fmt = info.get("fileFormat", "tfrecord")
+    found = []
+    for split in (s.get("name", "") for s in info.get("splits", [])):
+        prefix = f"{name}-{split}.{fmt}"
+        if split and any(p.rsplit("/", 1)[-1].startswith(prefix) for p in paths):
+            found.append(split)
+    return found
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except Exception:  # noqa: BLE001 - missing or unreadable: not a TFDS folder
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_lines(path: str) -> Optional[Tuple[str, ...]]:
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return tuple(line.strip() for line in f.read().decode("utf-8").splitlines()
+                         if line.strip())
+    except Exception:  # noqa: BLE001 - no labels file: the indices stay
+        return None
+
+
+class TfdsFolder(NamedTuple):
+    name: str
+    version: str
+    splits: Tuple[str, ...]
+    image_features: Tuple[str, ...]
+    label_names: Tuple[Tuple[str, Tuple[str, ...]], ...]
+
+
+def read_tfds_folder(paths: Sequence[str]) -> Optional[TfdsFolder]:
+    """What the TFDS files beside the first shard say, or None when there
+    are none (any other TFRecords)."""
+    folder = _dirname(paths[0])
+    info = _read_json(FileSystems.join(folder, TFDS_INFO))
+    if info is None or "name" not in info:
+        return None
+    images, labels = tfds_features(_read_json(FileSystems.join(folder, TFDS_FEATURES)) or {})
+    names = []
+    for key, filename in labels:
+        found = _read_lines(FileSystems.join(folder, filename))
+        if found:
+            names.append((key, found))
+    return TfdsFolder(name=str(info["name"]), version=str(info.get("version", "")),
+                      splits=tuple(tfds_splits(info, paths)), image_features=tuple(images),
+                      label_names=tuple(names))
+
+
+def class_name_text(feature, names: Sequence[str]) -> str:
+    """A ClassLabel value as its class name (an index out of range stays a number)."""
+    return ",".join(names[v] if isinstance(v, int) and 0 <= v < len(names) else _text(v)
+                    for v in _values(feature))
+
+
 def _describe_tfrecord(paths, image_feature, metadata_features, compression) -> SourceSpec:
+    tfds = read_tfds_folder(paths)
+    if not image_feature:
+        image_feature = (("image" if "image" in tfds.image_features else tfds.image_features[0])
+                         if tfds and tfds.image_features else "image/encoded")
     compression = resolve_compression(paths[0], compression)
     examples = _scan_examples(paths, compression)
     if not examples:
@@ -373,9 +483,15 @@ def _describe_tfrecord(paths, image_feature, metadata_features, compression) -> 
         raise SourceError(f"feature {SOURCE_COLUMN!r} clashes with the input's first metadata "
                           "column (where each image came from); list the features to keep "
                           "with --metadata_features")
+    label_names, about = (), ()
+    if tfds:
+        label_names = tuple((k, v) for k, v in tfds.label_names if k in features)
+        about = (("name", tfds.name), ("version", tfds.version),
+                 ("split", ",".join(tfds.splits)))
     return SourceSpec(kind="tfrecord", pattern="", paths=tuple(paths),
                       columns=(SOURCE_COLUMN,) + features, image_feature=image_feature,
-                      features=features, compression=compression)
+                      features=features, compression=compression,
+                      label_names=label_names, tfds=about)
 
 
 def _first_row_exists(path: str) -> bool:
@@ -413,9 +529,13 @@ def _describe_folder(pattern: str, root: str, listed: Sequence[str]) -> SourceSp
 
 
 def describe_input(pattern: str, image_column: str = "path",
-                   image_feature: str = "image/encoded", metadata_features: Sequence[str] = (),
+                   image_feature: str = "", metadata_features: Sequence[str] = (),
                    compression: str = "auto") -> SourceSpec:
-    """Detect the kind of ``--input`` and learn its columns. Raises SourceError."""
+    """Detect the kind of ``--input`` and learn its columns. Raises SourceError.
+
+    ``image_feature`` empty: the TFDS dataset's image feature for shards of
+    a TensorFlow Datasets folder, else ``image/encoded``.
+    """
     if compression not in COMPRESSIONS:
         raise SourceError(f"--compression must be one of {', '.join(COMPRESSIONS)}, "
                           f"got {compression!r}")
@@ -425,6 +545,9 @@ def describe_input(pattern: str, image_column: str = "path",
         # of millions of objects on the launcher; the workers list it all.
         listed = [m.path for m in FileSystems.match([root + "/**"], limits=[FOLDER_PROBE])[0]
                   .metadata_list]
+        if any(p.rsplit("/", 1)[-1] == TFDS_INFO for p in listed):
+            raise SourceError(f"input {pattern} is a TensorFlow Datasets folder: give the "
+                              f"shards of a split, e.g. '{root}/*-train.tfrecord-*'")
         return _describe_folder(pattern, root, listed)
     paths = expand_input(pattern)
     kind = detect_kind(paths)
@@ -452,9 +575,10 @@ class _ExampleToRefFn(beam.DoFn):
     parse each record with the tf.Example proto.
     """
 
-    def __init__(self, image_feature: str, features: Sequence[str]):
+    def __init__(self, image_feature: str, features: Sequence[str], label_names=()):
         self._image_feature = image_feature
         self._features = tuple(features)
+        self._label_names = dict(label_names)
         self._read = beam.metrics.Metrics.counter("projector", "read")
         self._bad = beam.metrics.Metrics.counter("projector", "failed_read")
 
@@ -493,8 +617,12 @@ class _ExampleToRefFn(beam.DoFn):
             ref, content, source = resolve_ref(path, _dirname(filename)), None, path
         self._read.inc()
         yield ImageRef(uid=uid, ref=ref, content=content,
-                       metadata=(source,) + tuple(feature_text(feats.get(n))
+                       metadata=(source,) + tuple(self._metadata_text(n, feats.get(n))
                                                  for n in self._features))
+
+    def _metadata_text(self, name, feature) -> str:
+        names = self._label_names.get(name)
+        return class_name_text(feature, names) if names else feature_text(feature)
 
 
 class ReadTFRecordExamples(beam.PTransform):
@@ -511,7 +639,8 @@ class ReadTFRecordExamples(beam.PTransform):
                | "ReadRecords" >> beam.io.ReadAllFromTFRecord(
                    compression_type=_compression_type(spec.compression), with_filename=True)
                | "ParseExamples" >> beam.ParDo(_ExampleToRefFn(
-                   spec.image_feature, spec.features)).with_outputs(ERRORS_TAG, main="refs"))
+                   spec.image_feature, spec.features, spec.label_names)).with_outputs(
+                       ERRORS_TAG, main="refs"))
         return out.refs, out[ERRORS_TAG]
 
 
