@@ -184,3 +184,64 @@ def test_hostile_csv_paths_round_trip(hostile):
         paths = {row["path"] for row in csv.DictReader(f)}
     assert set(good) <= paths
     assert any("\t" in p for p in paths) and any('"' in p for p in paths)
+
+
+# --- late bad rows in a CSV: a row error each, the job goes on -------------------
+
+def late_bad_csv(folder, digits, rows=1600):
+    """A CSV whose bad rows come after the first 1,500 good ones (past any
+    check the launcher makes). Returns (path, {line: reason fragment})."""
+    csv_path, digit_rows = digits
+    base = os.path.dirname(csv_path)
+    lines, bad = [b"path,label\n"], {}
+    while len(lines) < rows:
+        line_no = sum(line.count(b"\n") for line in lines) + 1   # physical line
+        path = os.path.join(base, digit_rows[line_no % len(digit_rows)]["path"]).encode()
+        if line_no == 1501:
+            lines.append(path + b",caf\xe9\n")                  # Latin-1, not UTF-8
+            bad[line_no] = "row is not UTF-8 text (byte 0xE9)"
+        elif line_no == 1520:
+            lines.append(path + b"," + b"x" * 5_000_000 + b"\n")  # a 5 MB field
+            bad[line_no] = "line longer than 1048576 bytes"
+        elif line_no == 1540:
+            lines.append(path + b"," + b"y" * 200_000 + b"\n")    # over csv's field limit
+            bad[line_no] = "field larger than field limit"
+        elif line_no == 1560:
+            lines.append(path + b',"two\nlines"\n')              # one row on lines 1560-1561
+        elif line_no == 1570:
+            lines.append(b',no path\n')                          # physical line numbers
+            bad[line_no] = "empty 'path' value"
+        else:
+            lines.append(path + b",row%d\n" % line_no)
+    out = os.path.join(folder, "late_bad.csv")
+    with open(out, "wb") as f:
+        f.write(b"".join(lines))
+    return out, bad
+
+
+def test_late_bad_csv_rows_are_row_errors_naming_file_and_line(tmp_path, digits):
+    from transforms.sources import ERRORS_TAG, _ReadCsvFn
+    path, bad = late_bad_csv(str(tmp_path), digits)
+    out = list(_ReadCsvFn("path").process(path))
+    errors = {e.value.ref: e.value for e in out if getattr(e, "tag", None) == ERRORS_TAG}
+    refs = [r for r in out if not hasattr(r, "tag")]
+    assert set(errors) == {f"{path}:{line}" for line in bad}
+    for line, fragment in bad.items():
+        row = errors[f"{path}:{line}"]
+        assert row.stage == "read" and fragment in row.reason, row
+        assert row.reason.isprintable() and len(row.reason) < 200
+    # every other row is read, the two-line one included
+    assert len(refs) == 1600 - 1 - len(bad)   # entries of late_bad_csv, less the header
+    assert any(r.metadata[1] == "two\nlines" for r in refs)
+    assert not any("\udce9" in v or len(v) > 1000 for r in refs for v in r.metadata)
+
+
+def test_a_run_over_late_bad_csv_rows_goes_on_and_lists_them(tmp_path, digits, model_path):
+    path, bad = late_bad_csv(str(tmp_path), digits)
+    out = str(tmp_path / "logdir")
+    summary = run_pipeline(input=path, model=model_path, embedding_layer="embedding",
+                           output=out, max_items=20, tile_size=TILE)
+    assert summary["written"] == 20
+    rows = read_tsv(os.path.join(out, "errors.tsv"))[1:]
+    assert {(r[0], r[1]) for r in rows} == {(f"{path}:{line}", "read") for line in bad}
+
