@@ -245,3 +245,42 @@ def test_a_run_over_late_bad_csv_rows_goes_on_and_lists_them(tmp_path, digits, m
     rows = read_tsv(os.path.join(out, "errors.tsv"))[1:]
     assert {(r[0], r[1]) for r in rows} == {(f"{path}:{line}", "read") for line in bad}
 
+
+# --- CPU-bound images: refused by structure before Pillow parses them ------------
+
+def comment_gif(blocks):
+    """A valid 4x4 GIF with one comment extension of ``blocks`` one-byte data
+    blocks before its frame: Pillow joins them in quadratic time."""
+    buf = io.BytesIO()
+    Image.new("P", (4, 4), 1).save(buf, "GIF")
+    data = buf.getvalue()
+    flags = data[10]
+    first_frame = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    assert data[first_frame] == 0x2C
+    return data[:first_frame] + b"\x21\xfe" + b"\x01c" * blocks + b"\x00" + data[first_frame:]
+
+
+def test_gif_with_millions_of_comment_blocks_is_refused_before_pillow(monkeypatch):
+    from transforms import decode
+    from transforms.items import ErrorRow, ImageRef
+
+    data = comment_gif(2_000_000)
+    assert len(data) > 4_000_000       # the hostile probe: 4 MB, ~49 s in Pillow
+    # Refused before Pillow sees the bytes: parsing them is what takes the time.
+    monkeypatch.setattr(decode, "_open", lambda data: pytest.fail("Pillow was called"))
+    row = decode._decode_one(ImageRef("u", "slow.gif", data, ("slow.gif",), key=7),
+                             (16, 16), TILE, "pad")
+    assert isinstance(row, ErrorRow) and (row.ref, row.stage, row.key) == ("slow.gif", "decode", 7)
+    assert f"more than {decode.MAX_GIF_EXTENSION_BLOCKS} extension data blocks" in row.reason
+    assert "stall a worker" in row.reason
+
+
+def test_gifs_with_ordinary_comments_still_decode():
+    from transforms.decode import MAX_GIF_EXTENSION_BLOCKS
+    for blocks in (0, 3, MAX_GIF_EXTENSION_BLOCKS):
+        pixels, thumb = _decode(comment_gif(blocks))
+        assert pixels.shape == (16, 16, 3) and (thumb.width, thumb.height) == (TILE, TILE)
+    with pytest.raises(ImageError, match="extension data blocks"):
+        _decode(comment_gif(MAX_GIF_EXTENSION_BLOCKS + 1))
+    # the hostile corpus's animated GIF (several frames, each with its extensions)
+    _decode(hostile_corpus._good_images()["animated.gif"][1])
