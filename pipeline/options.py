@@ -6,7 +6,7 @@ Dataflow/Flink workers and mix freely with Beam's own flags.
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.decode import RESIZE_MODES
-from transforms.inference import PIXEL_SCALES
+from transforms.inference import PIXEL_SCALES, POOLS
 from transforms.sources import COMPRESSIONS
 from transforms.write import TENSOR_FORMATS
 
@@ -67,6 +67,11 @@ class ProjectorOptions(PipelineOptions):
         g.add_argument("--image_size", default="",
                        help="model input HEIGHTxWIDTH (or one number), for models that "
                        "accept any image size; must match a fixed input size")
+        g.add_argument("--pool", default=None, choices=POOLS,
+                       help="reduce an embedding layer whose output is a feature map "
+                       "(batch, H, W, C) to one vector per image: avg or max over the spatial "
+                       "axes (C dimensions), or flatten (H*W*C); without it such a layer is "
+                       "refused")
         g.add_argument("--output", help="logdir to write (local path or any Beam filesystem URI)")
         g.add_argument("--max_items", type=int, default=1500,
                        help="sample size N (default: 1500)")
