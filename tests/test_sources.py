@@ -138,6 +138,22 @@ def test_describe_tfrecord_names_what_is_missing(tfrecord_bytes):
         sources.describe_input(tfrecord_bytes, metadata_features=("colour",))
 
 
+def test_describe_csv_judges_only_the_header_row(tmp_path):
+    # A bad byte in row 2 is that row's error (the reader reports it), as in
+    # row 1,501; it used to fail the whole run when it fell in the first 8 KB.
+    early = tmp_path / "early.csv"
+    early.write_bytes(b"path,label\na.png,caf\xe9\nb.png,1\n")
+    assert sources.describe_input(str(early)).columns == ("path", "label")
+    bad_header = tmp_path / "header.csv"
+    bad_header.write_bytes(b"path,l\xe9bel\na.png,1\n")
+    with pytest.raises(sources.SourceError, match="not UTF-8 text: byte 0xE9 in its header row"):
+        sources.describe_input(str(bad_header))
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_bytes(b"\xef\xbb\xbffile name, path\nx.png,y.png\n")
+    with pytest.raises(sources.SourceError, match="columns are: 'file name', ' path'$"):
+        sources.describe_input(str(spaced))
+
+
 def test_describe_folder_and_glob(tmp_path, digits):
     tree = make_class_tree(tmp_path / "tree", digits, per_class=2)
     spec = sources.describe_input(str(tree))
@@ -410,7 +426,7 @@ def test_stratified_sampling_is_per_label_bottom_k_and_capped_by_n(tmp_path):
 
 
 def test_max_per_label_needs_the_label_column(tfrecord_bytes, model_path, tmp_path, digits):
-    with pytest.raises(UsageError, match="label column 'class'.*source, image/filename, label"):
+    with pytest.raises(UsageError, match="label column 'class'.*'source', 'image/filename', 'label'"):
         run_pipeline(input=tfrecord_bytes, model=model_path, output=str(tmp_path / "o"),
                      max_per_label=2, label_column="class")
     with pytest.raises(UsageError, match="--max_per_label must be at least 1"):

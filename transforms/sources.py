@@ -30,11 +30,12 @@ class SourceError(ValueError):
     """The input cannot be read as asked; the message says what to fix."""
 
 
-def _open_text(path: str):
-    raw = FileSystems.open(path, compression_type="uncompressed")
-    # utf-8-sig: spreadsheets often save a BOM that would otherwise end up
-    # inside the first column's name.
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+def _open_lines(path: str):
+    """A CSV's text lines, decoded one by one (see csv_lines); a line too long
+    to hold reads as an empty line, so row numbers stay physical lines."""
+    with FileSystems.open(path, compression_type="uncompressed") as raw:
+        for _, text in csv_lines(raw):
+            yield "\n" if text is None else text
 
 
 def expand_input(pattern: str) -> List[str]:
@@ -50,11 +51,18 @@ def expand_input(pattern: str) -> List[str]:
 
 
 def csv_header(path: str) -> List[str]:
+    """The header row; only it has to be UTF-8 here: a bad byte in a later
+    row is that row's error, found by the reader."""
+    lines = _open_lines(path)
     try:
-        with _open_text(path) as f:
-            header = next(csv.reader(f), None)
-    except UnicodeDecodeError as e:
-        raise SourceError(f"input {path} is not UTF-8 text: {e}") from None
+        header = next(csv.reader(lines), None)
+    except csv.Error as e:
+        raise SourceError(f"input {path}: cannot parse the CSV header row: {e}") from None
+    finally:
+        lines.close()
+    if header and _undecodable_byte(header) is not None:
+        raise SourceError(f"input {path} is not UTF-8 text: byte "
+                          f"0x{_undecodable_byte(header):02X} in its header row")
     if not header:
         raise SourceError(f"input {path} is empty: a CSV needs a header row naming its columns")
     return header
@@ -488,10 +496,21 @@ def _describe_tfrecord(paths, image_feature, metadata_features, compression) -> 
 
 
 def _first_row_exists(path: str) -> bool:
-    with _open_text(path) as f:
-        reader = csv.reader(f)
+    lines = _open_lines(path)
+    reader = csv.reader(lines)
+    try:
         next(reader, None)
-        return any(row and any(v.strip() for v in row) for row in reader)
+        while True:
+            try:
+                row = next(reader)
+            except csv.Error:
+                continue   # a bad row is the reader's row error; look further
+            if row and any(v.strip() for v in row):
+                return True
+    except StopIteration:
+        return False
+    finally:
+        lines.close()
 
 
 def _describe_csv(pattern, paths, image_column) -> SourceSpec:
