@@ -11,7 +11,6 @@ import contextlib
 import csv
 import gzip
 import hashlib
-import io
 import re
 import struct
 import zlib
