@@ -9,7 +9,7 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.decode import RESIZE_MODES
-from transforms.inference import PIXEL_SCALES
+from transforms.inference import PIXEL_SCALES, POOLS
 from transforms.sources import COMPRESSIONS
 from transforms.write import TENSOR_FORMATS
 
@@ -86,6 +86,11 @@ class ProjectorOptions(PipelineOptions):
                        help="model input HEIGHTxWIDTH (or one number), for models that "
                        "accept any image size (default: the model's input size)")
         g.add_argument("--batch_size", type=int, default=32, help="images per model call")
+        g.add_argument("--pool", default=None, choices=POOLS,
+                       help="reduce an embedding layer whose output is a feature map "
+                       "(batch, H, W, C) to one vector per image: avg or max over the spatial "
+                       "axes (C dimensions), or flatten (H*W*C); without it such a layer is "
+                       "refused")
         g.add_argument("--resize", default="pad", choices=RESIZE_MODES,
                        help="how images are fitted to the model input: pad (letterbox), "
                        "crop (centre) or stretch")

@@ -77,7 +77,7 @@ def make_plan(po) -> Plan:
         if po.label_column not in columns:
             raise UsageError(f"--max_per_label needs the label column {po.label_column!r} "
                              f"(set --label_column); the {source.kind} input's columns are: "
-                             f"{', '.join(columns)}")
+                             f"{', '.join(repr(c) for c in columns)}")
         label_index = columns.index(po.label_column)
 
     try:
@@ -85,7 +85,8 @@ def make_plan(po) -> Plan:
     except ValueError as e:
         raise UsageError(str(e)) from None
     spec = ModelSpec(uri=po.model, layers=po.layers, signature=po.signature,
-                     outputs=po.outputs, pixel_scale=po.pixel_scale, image_size=image_size)
+                     outputs=po.outputs, pixel_scale=po.pixel_scale, image_size=image_size,
+                     pool=po.pool or "")
     try:
         model = shared_embedding_model(spec)
     except ValueError as e:

@@ -197,6 +197,34 @@ def _explain_failure(line: str) -> str:
     return line
 
 
+# "ValueError: msg", "transforms.write.TooManyErrors: msg": the line of a
+# traceback's text that states the error.
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*(?:Error|Errors|Exception|Failure)):\s*(\S.*)$")
+# Lines that frame an error without saying what it is.
+_FRAMING = re.compile(r"^(Traceback \(most recent call last\):|in user code:|File \".*|\^+|~+)$")
+
+
+def failure_line(text: str, type_name: str, limit: int = 300) -> str:
+    """The one line of a failure's message worth printing.
+
+    Beam re-raises a worker's exception with `` [while running 'Step']``
+    appended (often on a line of its own) and sometimes with the worker's
+    traceback as text; TensorFlow puts whole tensors in messages. So: drop the
+    step names, then prefer the last ``SomeError: message`` line (the root
+    cause in a traceback), else the first line that is not traceback framing,
+    else the exception's type; printable and at most ``limit`` characters.
+    """
+    text = re.sub(r"\s*\[while running '[^']*'\]", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [m for m in map(_ERROR_LINE.match, lines) if m]
+    if errors:
+        line = f"{errors[-1].group(1)}: {errors[-1].group(2)}"
+    else:
+        line = next((line for line in lines if not _FRAMING.match(line)), type_name)
+    line = "".join(c if c.isprintable() else " " for c in line)
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     wanted = help_requested(argv)
@@ -215,11 +243,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except Exception as e:  # noqa: BLE001 - one clear line, the traceback is in the log
         LOG.debug("run failed", exc_info=True)
-        msg = str(e).strip().splitlines()
-        # Beam re-raises a DoFn's exception with " [while running 'Step']"
-        # appended; the step name says nothing the user can act on.
-        line = re.sub(r" \[while running '[^']*'\]$", "", msg[-1]) if msg else type(e).__name__
-        print(f"beam-projector: failed: {_explain_failure(line)}", file=sys.stderr)
+        print(f"beam-projector: failed: "
+              f"{_explain_failure(failure_line(str(e), type(e).__name__))}", file=sys.stderr)
         return 1
     tfds = summary.get("tfds")
     source = (f" from TFDS {tfds['name']} {tfds['version']} split {tfds['split']}"

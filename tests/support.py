@@ -194,3 +194,28 @@ def peak_rss_mib(cmd, env=None, cwd=None, timeout=900):
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         return proc.returncode, err.read().decode("utf-8", "replace"), usage.ru_maxrss / 1024
+
+
+def odd_model(path, kind, side=16):
+    """A Keras model that does not fit the pipeline the way ``kind`` says:
+    ``two_inputs``, ``four_channels`` (RGBA input) or ``one_d`` (a 1-unit
+    layer named 'score' next to an 8-unit 'embedding')."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    if kind == "two_inputs":
+        a, b = keras.Input((side, side, 3), name="image"), keras.Input((side, side, 3), name="mask")
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Concatenate()([a, b]))
+        model = keras.Model([a, b], keras.layers.Dense(4, name="embedding")(x))
+    elif kind == "four_channels":
+        inp = keras.Input((side, side, 4))
+        x = keras.layers.GlobalAveragePooling2D()(inp)
+        model = keras.Model(inp, keras.layers.Dense(4, name="embedding")(x))
+    elif kind == "one_d":
+        inp = keras.Input((side, side, 3))
+        x = keras.layers.Dense(8, name="embedding")(keras.layers.GlobalAveragePooling2D()(inp))
+        model = keras.Model(inp, keras.layers.Dense(1, name="score")(x))
+    else:
+        raise ValueError(kind)
+    model.save(path)
+    return path

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import support
 from support import run_pipeline
 from transforms.sampling import sample_key
 
@@ -205,6 +206,10 @@ def usage_cases(digits, model_path, tmp_path_factory):
     (t / "junk.keras").write_bytes(b"not a model")
     (t / "empty_model").mkdir()
     (t / "a_file").write_text("x")
+    (t / "spaces.csv").write_text("file name, label\nx.png,1\n")
+    (t / "truncated.keras").write_bytes(open(model_path, "rb").read()[:3000])
+    odd = {kind: support.odd_model(str(t / f"{kind}.keras"), kind)
+           for kind in ("two_inputs", "four_channels", "one_d")}
     good = ["--input", csv_path, "--model", model_path]
     cases = [
         ("missing input", ["--input", str(t / "nope.csv"), "--model", model_path],
@@ -213,9 +218,21 @@ def usage_cases(digits, model_path, tmp_path_factory):
          ["binary.csv", "not UTF-8"]),
         ("no rows", ["--input", str(t / "norows.csv"), "--model", model_path], ["no rows"]),
         ("no image column", ["--input", str(t / "nocol.csv"), "--model", model_path],
-         ["no column 'path'", "--image_column", "columns are: file, label"]),
+         ["no column 'path'", "--image_column", "columns are: 'file', 'label'"]),
         ("model will not load", ["--input", csv_path, "--model", str(t / "junk.keras")],
          ["cannot load model", "Keras .keras or .h5 file, or a TensorFlow SavedModel"]),
+        ("truncated .keras", ["--input", csv_path, "--model", str(t / "truncated.keras")],
+         ["cannot load model", "truncated.keras", "not a zip archive"]),
+        ("header with spaces", ["--input", str(t / "spaces.csv"), "--model", model_path],
+         ["no column 'path'", "columns are: 'file name', ' label'"]),
+        ("two-input model", ["--input", csv_path, "--model", odd["two_inputs"]],
+         ["takes 2 inputs ('image', 'mask')", "takes one image"]),
+        ("four-channel model", ["--input", csv_path, "--model", odd["four_channels"]],
+         ["takes 4-channel images", "RGB (3 channels) or grayscale (1)"]),
+        ("one-dimensional embedding", ["--input", csv_path, "--model", odd["one_d"]],
+         ["'score' has shape (batch, 1): 1 dimension", "needs at least 2"]),
+        ("feature map without --pool", good + ["--embedding_layer", "conv"],
+         ["'conv' has shape (batch, 16, 16, 8), a feature map", "--pool avg, max or flatten"]),
         ("model folder without a SavedModel", ["--input", csv_path, "--model", str(t / "empty_model")],
          ["no saved_model.pb", "Keras .keras or .h5 file, or a TensorFlow SavedModel"]),
         ("missing model", ["--input", csv_path, "--model", str(t / "nope.keras")],
@@ -252,3 +269,55 @@ def test_usage_errors_are_one_line_before_any_work(usage_cases):
             assert fragment in ours[0], (name, ours[0])
         assert "Traceback" not in stderr, name
         assert not os.path.exists(out), f"{name}: output created before the error"
+
+
+# --- the one line the CLI prints for a failure ------------------------------------
+
+# What Beam raised for a two-input model (before the preflight check): the
+# worker's traceback as text, the step name on a line of its own. The old CLI
+# printed its last line without the step name: "beam-projector: failed: ".
+TWO_INPUTS = """in user code:
+
+    File "/work/transforms/inference.py", line 162, in call  *
+        out = sub(x, training=False)
+    File "/venv/lib/python3.11/site-packages/keras/src/layers/input_spec.py", line 164, in assert_input_compatibility
+        raise ValueError(
+
+    ValueError: Layer "functional" expects 2 named input(s) with keys ['a', 'b'], but it received 1 input tensors.
+ [while running 'Embed/RunInference/BeamML_RunInference']"""
+
+# And for a 4-channel model: TensorFlow's message holds the whole batch; the
+# old CLI printed the tensor's last row.
+TENSOR_DUMP = ("Binding inputs to tf.function failed due to `Can not cast TensorSpec(shape=(32, 16, "
+               "16, 3), dtype=tf.float32, name=None) to TensorSpec(shape=(None, 16, 16, 4), "
+               "dtype=tf.float32, name=None)`. Received args: (<tf.Tensor: shape=(32, 16, 16, 3), "
+               "dtype=float32, numpy=\narray([[[[255., 255., 255.],\n"
+               + "         [  0.,   0.,   0.],\n" * 300
+               + "         [  0.,   0.,   0.]]]], shape=(32, 16, 16, 3), dtype=float32)>,) and "
+               "kwargs: {} for signature: (x: TensorSpec(shape=(None, 16, 16, 4))). "
+               "[while running 'Embed/RunInference/BeamML_RunInference']")
+
+
+def test_failure_line_picks_the_line_that_states_the_error():
+    from pipeline.run import failure_line
+    assert failure_line(TWO_INPUTS, "ValueError") == (
+        "ValueError: Layer \"functional\" expects 2 named input(s) with keys ['a', 'b'], but it "
+        "received 1 input tensors.")
+    line = failure_line(TENSOR_DUMP, "TypeError")
+    assert line.startswith("Binding inputs to tf.function failed due to `Can not cast")
+    assert len(line) <= 300 and "[  0." not in line and "numpy" in line
+    # a worker traceback as text: the root cause, its module path dropped
+    assert failure_line("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                        "    raise TooManyErrors(msg)\n"
+                        "transforms.write.TooManyErrors: 7 of 13 sampled items failed\n"
+                        " [while running 'WriteLogdir/Publish']", "RuntimeError") == \
+        "TooManyErrors: 7 of 13 sampled items failed"
+    # one line: as it is, without the step name
+    assert failure_line("no image could be embedded (3 errors); see out/errors.tsv "
+                        "[while running 'WriteLogdir/Publish']", "TooManyErrors") == \
+        "no image could be embedded (3 errors); see out/errors.tsv"
+    # nothing to say: the exception's type, never an empty line
+    for empty in ("", "\n  \n", " [while running 'Embed/RunInference']"):
+        assert failure_line(empty, "MemoryError") == "MemoryError"
+    assert failure_line("bad\x00byte\x1b[31m", "ValueError") == "bad byte [31m"
+    assert len(failure_line("x" * 5000, "ValueError", limit=80)) == 80

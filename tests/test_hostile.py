@@ -237,3 +237,102 @@ def test_a_format_whose_plugin_is_missing_is_unsupported_here(monkeypatch):
     monkeypatch.setattr(Image, "open", no_webp)
     with pytest.raises(ImageError, match="^unsupported here: WEBP support not installed"):
         decode_image(data.getvalue(), (16, 16), 8)
+
+
+# --- late bad rows in a CSV: a row error each, the job goes on -------------------
+
+def late_bad_csv(folder, digits, rows=1600):
+    """A CSV whose bad rows come after the first 1,500 good ones (past any
+    check the launcher makes). Returns (path, {line: reason fragment})."""
+    csv_path, digit_rows = digits
+    base = os.path.dirname(csv_path)
+    lines, bad = [b"path,label\n"], {}
+    while len(lines) < rows:
+        line_no = sum(line.count(b"\n") for line in lines) + 1   # physical line
+        path = os.path.join(base, digit_rows[line_no % len(digit_rows)]["path"]).encode()
+        if line_no == 1501:
+            lines.append(path + b",caf\xe9\n")                  # Latin-1, not UTF-8
+            bad[line_no] = "row is not UTF-8 text (byte 0xE9)"
+        elif line_no == 1520:
+            lines.append(path + b"," + b"x" * 5_000_000 + b"\n")  # a 5 MB field
+            bad[line_no] = "line longer than 1048576 bytes"
+        elif line_no == 1540:
+            lines.append(path + b"," + b"y" * 200_000 + b"\n")    # over csv's field limit
+            bad[line_no] = "field larger than field limit"
+        elif line_no == 1560:
+            lines.append(path + b',"two\nlines"\n')              # one row on lines 1560-1561
+        elif line_no == 1570:
+            lines.append(b',no path\n')                          # physical line numbers
+            bad[line_no] = "empty 'path' value"
+        else:
+            lines.append(path + b",row%d\n" % line_no)
+    out = os.path.join(folder, "late_bad.csv")
+    with open(out, "wb") as f:
+        f.write(b"".join(lines))
+    return out, bad
+
+
+def test_late_bad_csv_rows_are_row_errors_naming_file_and_line(tmp_path, digits):
+    from transforms.sources import ERRORS_TAG, _ReadCsvFn
+    path, bad = late_bad_csv(str(tmp_path), digits)
+    out = list(_ReadCsvFn("path").process(path))
+    errors = {e.value.ref: e.value for e in out if getattr(e, "tag", None) == ERRORS_TAG}
+    refs = [r for r in out if not hasattr(r, "tag")]
+    assert set(errors) == {f"{path}:{line}" for line in bad}
+    for line, fragment in bad.items():
+        row = errors[f"{path}:{line}"]
+        assert row.stage == "read" and fragment in row.reason, row
+        assert row.reason.isprintable() and len(row.reason) < 200
+    # every other row is read, the two-line one included
+    assert len(refs) == 1600 - 1 - len(bad)   # entries of late_bad_csv, less the header
+    assert any(r.metadata[1] == "two\nlines" for r in refs)
+    assert not any("\udce9" in v or len(v) > 1000 for r in refs for v in r.metadata)
+
+
+def test_a_run_over_late_bad_csv_rows_goes_on_and_lists_them(tmp_path, digits, model_path):
+    path, bad = late_bad_csv(str(tmp_path), digits)
+    out = str(tmp_path / "logdir")
+    summary = run_pipeline(input=path, model=model_path, embedding_layer="embedding",
+                           output=out, max_items=20, tile_size=TILE)
+    assert summary["written"] == 20
+    rows = read_tsv(os.path.join(out, "errors.tsv"))[1:]
+    assert {(r[0], r[1]) for r in rows} == {(f"{path}:{line}", "read") for line in bad}
+
+
+# --- CPU-bound images: refused by structure before Pillow parses them ------------
+
+def comment_gif(blocks):
+    """A valid 4x4 GIF with one comment extension of ``blocks`` one-byte data
+    blocks before its frame: Pillow joins them in quadratic time."""
+    buf = io.BytesIO()
+    Image.new("P", (4, 4), 1).save(buf, "GIF")
+    data = buf.getvalue()
+    flags = data[10]
+    first_frame = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    assert data[first_frame] == 0x2C
+    return data[:first_frame] + b"\x21\xfe" + b"\x01c" * blocks + b"\x00" + data[first_frame:]
+
+
+def test_gif_with_millions_of_comment_blocks_is_refused_before_pillow(monkeypatch):
+    from transforms import decode
+    from transforms.items import ErrorRow, ImageRef
+
+    data = comment_gif(2_000_000)
+    assert len(data) > 4_000_000       # the hostile probe: 4 MB, ~49 s in Pillow
+    # Refused before Pillow sees the bytes: parsing them is what takes the time.
+    monkeypatch.setattr(decode, "_open", lambda data: pytest.fail("Pillow was called"))
+    row = decode._thumbnail_one(ImageRef("u", "slow.gif", data, ("slow.gif",), key=7), TILE)
+    assert isinstance(row, ErrorRow) and (row.ref, row.stage, row.key) == ("slow.gif", "decode", 7)
+    assert f"more than {decode.MAX_GIF_EXTENSION_BLOCKS} extension data blocks" in row.reason
+    assert "stall a worker" in row.reason
+
+
+def test_gifs_with_ordinary_comments_still_decode():
+    from transforms.decode import MAX_GIF_EXTENSION_BLOCKS
+    for blocks in (0, 3, MAX_GIF_EXTENSION_BLOCKS):
+        pixels, thumb = _decode(comment_gif(blocks))
+        assert pixels.shape == (16, 16, 3) and (thumb.width, thumb.height) == (TILE, TILE)
+    with pytest.raises(ImageError, match="extension data blocks"):
+        _decode(comment_gif(MAX_GIF_EXTENSION_BLOCKS + 1))
+    # the hostile corpus's animated GIF (several frames, each with its extensions)
+    _decode(hostile_corpus._good_images()["animated.gif"][1])

@@ -226,3 +226,107 @@ def test_image_size_must_match_a_fixed_input(saved_model, digits, tmp_path):
     with pytest.raises(UsageError, match="takes 16x16 images; --image_size 32x32 does not match"):
         run_pipeline(input=csv_path, model=saved_model, image_size="32",
                      output=str(tmp_path / "o"))
+
+
+# --- models that do not fit: refused when loaded (preflight), not at inference ------
+
+def test_two_input_and_four_channel_models_are_refused_when_loaded(tmp_path):
+    from support import odd_model
+    from transforms.inference import ModelError
+    two = odd_model(str(tmp_path / "two.keras"), "two_inputs")
+    with pytest.raises(ModelError, match="takes 2 inputs \\('image', 'mask'\\); an image "
+                                         "embedding model takes one image"):
+        load_embedding_model(ModelSpec(uri=two))
+    four = odd_model(str(tmp_path / "four.keras"), "four_channels")
+    with pytest.raises(ModelError, match="takes 4-channel images; beam-projector feeds RGB"):
+        load_embedding_model(ModelSpec(uri=four))
+
+    class Rgba(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 4], tf.float32)])
+        def serve(self, x):
+            return {"mean": tf.reduce_mean(x, axis=[1, 2])}
+
+    module = Rgba()
+    tf.saved_model.save(module, str(tmp_path / "rgba"), signatures={"serving_default": module.serve})
+    with pytest.raises(ModelError, match="takes 4-channel images"):
+        load_embedding_model(ModelSpec(uri=str(tmp_path / "rgba")))
+
+
+def test_one_dimensional_embedding_is_refused(tmp_path):
+    from support import odd_model
+    from transforms.inference import ModelError
+    path = odd_model(str(tmp_path / "one.keras"), "one_d")
+    with pytest.raises(ModelError, match="'score' has shape \\(batch, 1\\): 1 dimension; the "
+                                         "projector needs at least 2"):
+        load_embedding_model(ModelSpec(uri=path))          # the model output
+    assert load_embedding_model(ModelSpec(uri=path, layers=("embedding",))).names == ["embedding"]
+
+
+def test_corrupt_model_files_say_what_is_wrong(tmp_path, model_path):
+    from transforms.inference import ModelError
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(open(model_path, "rb").read()[:3000])
+    with pytest.raises(ModelError) as e:
+        load_embedding_model(ModelSpec(uri=str(truncated)))
+    assert "not a zip archive" in str(e.value) and "File not found" not in str(e.value)
+    fake_h5 = tmp_path / "model.h5"
+    fake_h5.write_bytes(b"\0" * 4096)
+    with pytest.raises(ModelError, match="no HDF5 signature"):
+        load_embedding_model(ModelSpec(uri=str(fake_h5)))
+
+
+def test_feature_map_layer_needs_pool(model_path):
+    from transforms.inference import ModelError
+    with pytest.raises(ModelError, match="'conv' has shape \\(batch, 16, 16, 8\\), a feature map, "
+                                         "not one vector per image \\(batch, D\\): set --pool"):
+        load_embedding_model(ModelSpec(uri=model_path, layers=("conv",)))
+    import keras
+    keras_model = keras.saving.load_model(model_path)
+    conv = keras.Model(keras_model.inputs, keras_model.get_layer("conv").output)
+    batch = np.random.default_rng(1).integers(0, 256, (3, SIDE, SIDE, 3), dtype=np.uint8)
+    maps = conv.predict(batch.astype("float32"), verbose=0)
+    expect = {"avg": maps.mean(axis=(1, 2)), "max": maps.max(axis=(1, 2)),
+              "flatten": maps.reshape(3, -1)}
+    for pool, want in expect.items():
+        model = load_embedding_model(ModelSpec(uri=model_path, layers=("conv", "embedding"),
+                                               pool=pool))
+        got, emb = model.embed(batch)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        assert emb.shape == (3, 8)   # (batch, D) outputs are left as they are
+
+
+def test_feature_map_savedmodel_output_needs_pool(tmp_path):
+    from transforms.inference import ModelError
+
+    class Maps(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="x")])
+        def serve(self, x):
+            return {"maps": x[:, ::2, ::2, :], "mean": tf.reduce_mean(x, axis=[1, 2])}
+
+    module = Maps()
+    path = str(tmp_path / "maps")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    with pytest.raises(ModelError, match="'maps' has shape \\(batch, 4, 4, 3\\), a feature map"):
+        load_embedding_model(ModelSpec(uri=path, outputs=("maps",)))
+    model = load_embedding_model(ModelSpec(uri=path, outputs=("maps",), pool="avg"))
+    batch = np.random.default_rng(2).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    (got,) = model.embed(batch)
+    np.testing.assert_allclose(got, batch[:, ::2, ::2].astype(np.float32).mean(axis=(1, 2)),
+                               rtol=1e-5)
+
+
+def test_pool_option_reaches_the_projector(model_path, digits, tmp_path):
+    import keras
+    csv_path, _ = digits
+    with pytest.raises(UsageError, match="'conv'.*--pool avg, max or flatten"):
+        run_pipeline(input=csv_path, model=model_path, embedding_layer="conv",
+                     output=str(tmp_path / "refused"))
+    out = str(tmp_path / "o")
+    run_pipeline(input=csv_path, model=model_path, embedding_layer="conv", pool="max",
+                 output=out, max_items=6, tile_size=16)
+    config, tensors, meta = load_run(out)
+    assert list(config.embeddings[0].tensor_shape) == [6, 8]
+    keras_model = keras.saving.load_model(model_path)
+    conv = keras.Model(keras_model.inputs, keras_model.get_layer("conv").output)
+    maps = conv.predict(pixels_of(meta, csv_path, 6).astype("float32"), verbose=0)
+    np.testing.assert_allclose(tensors["conv"], maps.max(axis=(1, 2)), rtol=1e-4, atol=1e-5)

@@ -1,9 +1,12 @@
 """Input kinds: TFRecord of tf.Example (bytes or paths, plain or GZIP), image
 folders (class sub-folders -> label), CSV; stratified sampling by label."""
+import gzip
 import io
 import os
 import pickle
+import re
 import shutil
+import struct
 
 import apache_beam as beam
 import numpy as np
@@ -94,6 +97,20 @@ def test_tfrecord_reader_checks_framing(tmp_path, tfrecord_bytes):
         list(sources.iter_tfrecords(io.BytesIO(bytes(data))))
 
 
+def test_tfrecord_length_is_bounded_before_it_is_read(tfrecord_bytes):
+    data = open(tfrecord_bytes, "rb").read()
+    good = list(sources.iter_tfrecords_at(io.BytesIO(data)))
+    header = struct.pack("<Q", 2 ** 40)
+    bomb = data + header + struct.pack("<I", sources._masked_crc(header)) + b"x" * 100
+    # 2^40 bytes would be a MemoryError (or a worker OOM); the length is refused first
+    with pytest.raises(sources.TFRecordFramingError, match=f"of {2 ** 40} bytes exceeds") as e:
+        list(sources.iter_tfrecords_at(io.BytesIO(bomb)))
+    assert e.value.offset == len(data) == good[-1][0] + 16 + len(good[-1][1])
+    with pytest.raises(sources.TFRecordFramingError, match="exceeds the limit of 100") as e:
+        list(sources.iter_tfrecords_at(io.BytesIO(data), max_record_bytes=100))
+    assert e.value.offset == 0
+
+
 # --- detection and columns (launcher) -------------------------------------------------
 
 def test_describe_tfrecord_columns_and_compression(tmp_path, digits, tfrecord_bytes):
@@ -115,10 +132,26 @@ def test_describe_tfrecord_columns_and_compression(tmp_path, digits, tfrecord_by
 
 
 def test_describe_tfrecord_names_what_is_missing(tfrecord_bytes):
-    with pytest.raises(sources.SourceError, match="no feature 'jpeg'.*image/encoded, image/filename"):
+    with pytest.raises(sources.SourceError, match="no feature 'jpeg'.*'image/encoded', 'image/filename'"):
         sources.describe_input(tfrecord_bytes, image_feature="jpeg")
     with pytest.raises(sources.SourceError, match="--metadata_features colour not found"):
         sources.describe_input(tfrecord_bytes, metadata_features=("colour",))
+
+
+def test_describe_csv_judges_only_the_header_row(tmp_path):
+    # A bad byte in row 2 is that row's error (the reader reports it), as in
+    # row 1,501; it used to fail the whole run when it fell in the first 8 KB.
+    early = tmp_path / "early.csv"
+    early.write_bytes(b"path,label\na.png,caf\xe9\nb.png,1\n")
+    assert sources.describe_input(str(early)).columns == ("path", "label")
+    bad_header = tmp_path / "header.csv"
+    bad_header.write_bytes(b"path,l\xe9bel\na.png,1\n")
+    with pytest.raises(sources.SourceError, match="not UTF-8 text: byte 0xE9 in its header row"):
+        sources.describe_input(str(bad_header))
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_bytes(b"\xef\xbb\xbffile name, path\nx.png,y.png\n")
+    with pytest.raises(sources.SourceError, match="columns are: 'file name', ' path'$"):
+        sources.describe_input(str(spaced))
 
 
 def test_describe_folder_and_glob(tmp_path, digits):
@@ -192,6 +225,105 @@ def test_tfrecord_bytes_paths_and_bad_records(tmp_path, digits):
     again, _, _ = read_refs(spec, tmp_path)
     assert sorted(r.uid for r in refs) == sorted(r.uid for r in again)
     assert len({r.uid for r in refs}) == 5
+
+
+def bad_tail_files(folder, digits, good=110):
+    """TFRecord files whose first ``good`` records are fine and whose tail is
+    broken the ways a copy, a disk or a hostile writer breaks them. Returns
+    ({path: (good records, offset of the break)}, records per file)."""
+    csv_path, rows = digits
+    base = os.path.dirname(csv_path)
+    pngs = [open(os.path.join(base, r["path"]), "rb").read() for r in rows]
+
+    def records(tag):
+        return [example(image__encoded=pngs[i % len(pngs)], label=i, file=tag.encode())
+                for i in range(good + 10)]
+
+    def framed(recs):
+        out = io.BytesIO()
+        for r in recs:
+            head = struct.pack("<Q", len(r))
+            out.write(head + struct.pack("<I", sources._masked_crc(head)) + r
+                      + struct.pack("<I", sources._masked_crc(r)))
+        return out.getvalue()
+
+    def at(recs, n):  # byte offset of record n
+        return sum(16 + len(r) for r in recs[:n])
+
+    expect = {}
+    recs = records("truncated")
+    path = os.path.join(folder, "truncated.tfrecord")
+    open(path, "wb").write(framed(recs)[:at(recs, good) + 30])
+    expect[path] = (good, at(recs, good))
+    recs = records("crc")
+    data = bytearray(framed(recs))
+    data[at(recs, good) + 20] ^= 0x01   # one flipped bit inside record ``good``
+    path = os.path.join(folder, "crc.tfrecord")
+    open(path, "wb").write(bytes(data))
+    expect[path] = (good, at(recs, good))
+    recs = records("huge")[:good]
+    head = struct.pack("<Q", 2 ** 40)
+    path = os.path.join(folder, "huge.tfrecord")
+    open(path, "wb").write(framed(recs) + head + struct.pack("<I", sources._masked_crc(head))
+                           + b"\0" * 64)
+    expect[path] = (good, at(recs, good))
+    recs = records("gzip")
+    path = os.path.join(folder, "truncated_gzip.tfrecord")  # plain name: found by signature
+    packed = gzip.compress(framed(recs))
+    open(path, "wb").write(packed[:len(packed) - 40])
+    expect[path] = (None, None)   # where the compressed tail breaks: read from the row
+    recs = records("ok")
+    path = os.path.join(folder, "ok.tfrecord")
+    open(path, "wb").write(framed(recs))
+    expect[path] = (len(recs), None)
+    return expect, good + 10
+
+
+def test_broken_tfrecord_tails_are_error_rows_and_the_rest_is_read(tmp_path, digits):
+    """Beam's ReadAllFromTFRecord raised on each of these and killed the job."""
+    folder = tmp_path / "tails"
+    folder.mkdir()
+    expect, per_file = bad_tail_files(str(folder), digits)
+    refs, errors, counters = [], [], {}
+    for path in sorted(expect):
+        spec = sources.describe_input(path)
+        if path.endswith("truncated_gzip.tfrecord"):
+            assert spec.compression == "gzip"
+        got_refs, got_errors, counters = read_refs(spec, tmp_path)
+        good, offset = expect[path]
+        if path.endswith("ok.tfrecord"):
+            assert len(got_refs) == per_file and not got_errors
+            continue
+        assert len(got_errors) == 1, (path, got_errors)
+        row = got_errors[0]
+        assert (row.ref, row.stage, row.key) == (path, "read", 0)
+        assert row.reason.isprintable() and len(row.reason) < 300
+        n = int(re.search(r"after (\d+) good records", row.reason).group(1))
+        if good is None:   # GZIP: the records before the break, at least the first 100
+            assert 100 <= n < per_file and "truncated GZIP stream" in row.reason
+            assert "of the uncompressed stream" in row.reason
+        else:
+            assert n == good and f"at byte {offset} " in row.reason, row.reason
+        assert len(got_refs) == n and counters["read"] == n and counters["failed_read"] == 1
+
+
+def test_a_run_over_broken_tfrecords_goes_on_and_lists_them(tmp_path, digits, model_path):
+    folder = tmp_path / "tails"
+    folder.mkdir()
+    expect, per_file = bad_tail_files(str(folder), digits)
+    out = str(tmp_path / "logdir")
+    summary = run_pipeline(input=str(folder / "*.tfrecord"), model=model_path,
+                           embedding_layer="embedding", output=out, max_items=30, tile_size=16)
+    assert summary["written"] == 30
+    with open(os.path.join(out, "errors.tsv"), encoding="utf-8") as f:
+        rows = [line.split("\t") for line in f.read().split("\n")[1:-1]]
+    broken = {p for p, (good, _) in expect.items() if good != per_file}
+    assert {r[0] for r in rows} == broken and all(r[1] == "read" for r in rows)
+    for ref, _, reason in rows:
+        good, offset = expect[ref]
+        assert "the rest of this file is skipped" in reason
+        if offset is not None:
+            assert f"at byte {offset} " in reason
 
 
 def make_class_tree(root, digits, per_class):
@@ -294,7 +426,7 @@ def test_stratified_sampling_is_per_label_bottom_k_and_capped_by_n(tmp_path):
 
 
 def test_max_per_label_needs_the_label_column(tfrecord_bytes, model_path, tmp_path, digits):
-    with pytest.raises(UsageError, match="label column 'class'.*source, image/filename, label"):
+    with pytest.raises(UsageError, match="label column 'class'.*'source', 'image/filename', 'label'"):
         run_pipeline(input=tfrecord_bytes, model=model_path, output=str(tmp_path / "o"),
                      max_per_label=2, label_column="class")
     with pytest.raises(UsageError, match="--max_per_label must be at least 1"):

@@ -150,6 +150,40 @@ _PILLOW_CODEC_LIBS = {"jpeg2k": "OpenJPEG", "jpeg": "libjpeg", "zip": "zlib", "w
 _MISSING_CODEC = re.compile(r"decoder (\S+) not available")
 
 
+# Pillow joins a GIF's extension data blocks (comments above all) one by one
+# before the first frame, in time quadratic in their count: 100,000 one-byte
+# blocks (200 KB) take about a second, 2 million (4 MB) minutes. A real GIF
+# has a handful (an XMP packet: about one per 100 bytes of XMP).
+MAX_GIF_EXTENSION_BLOCKS = 16_384
+
+
+def check_structure(data: bytes) -> None:
+    """Refuse (ImageError) a file whose structure would make Pillow's parser
+    spend unbounded CPU before any pixel: one file must not stall a worker
+    (a decode thread cannot be interrupted, so the limit is structural, not a
+    timer). Cheap: walks only the blocks before the first GIF frame, and at
+    most MAX_GIF_EXTENSION_BLOCKS of them."""
+    if data[:6] not in (b"GIF87a", b"GIF89a") or len(data) < 13:
+        return
+    flags = data[10]
+    pos = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    blocks, end = 0, len(data)
+    while pos < end and data[pos] == 0x21:    # an extension; 0x2C is the first frame
+        pos += 2                              # introducer and label
+        while pos < end:
+            size = data[pos]
+            pos += 1 + size
+            if not size:
+                break
+            blocks += 1
+            if blocks > MAX_GIF_EXTENSION_BLOCKS:
+                raise ImageError(f"GIF has more than {MAX_GIF_EXTENSION_BLOCKS} extension "
+                                 "data blocks (comments) before its first frame; refused "
+                                 "because parsing them would stall a worker")
+
+
+
+
 def missing_decoder_reason(fmt: str, error: BaseException) -> Optional[str]:
     """``unsupported here: ...`` naming what this machine lacks to decode a
     ``fmt`` file, or None when ``error`` is not about a missing decoder."""
@@ -182,6 +216,7 @@ def _load_rgb(data: bytes, need: int, long_side_only: bool = True) -> Image.Imag
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
+    check_structure(data)
     img = _open(data)
     fmt = img.format or "image"
     try:

@@ -22,6 +22,11 @@ from transforms.decode import DecodeForModelFn
 from transforms.items import Embedded, ErrorRow
 
 PIXEL_SCALES = ("raw", "unit", "symmetric")
+# --pool: how an output with spatial axes (batch, H, W, C) becomes one vector
+# per image: average or maximum over every axis but the last, or all values.
+POOLS = ("avg", "max", "flatten")
+# What the model is fed: RGB, or the mean of R, G and B for one channel.
+CHANNELS = (1, 3)
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 ACCEPTED = ("a Keras .keras or .h5 file, or a TensorFlow SavedModel directory "
             "(holding saved_model.pb)")
@@ -39,6 +44,7 @@ class ModelSpec(NamedTuple):
     outputs: Tuple[str, ...] = ()         # SavedModel output keys; () = the only/first one
     pixel_scale: str = "raw"
     image_size: Tuple[int, ...] = ()      # (height, width) for models that accept any size
+    pool: str = ""                        # "", or one of POOLS for feature-map outputs
 
 
 def resolve_input_shape(shape, image_size, what: str) -> Tuple[int, int, int]:
@@ -55,7 +61,58 @@ def resolve_input_shape(shape, image_size, what: str) -> Tuple[int, int, int]:
     if h is None or w is None:
         raise ModelError(f"{what} accepts any image size ({h}x{w}); "
                          "set --image_size HEIGHTxWIDTH to the size it was trained on")
+    if c is not None and c not in CHANNELS:
+        raise ModelError(f"{what} takes {c}-channel images; beam-projector feeds RGB "
+                         "(3 channels) or grayscale (1): wrap the model so that it takes one "
+                         "of those")
     return int(h), int(w), int(c) if c is not None else 3
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join("batch" if i == 0 else str(d) for i, d in enumerate(shape)) + ")"
+
+
+def embedding_width(name: str, shape, pool: str = "") -> Optional[int]:
+    """D of an output of static ``shape`` (batch first) once ``pool`` is applied;
+    None when unknown. Raises ModelError for a feature map without --pool
+    (flattening it silently gives 10^4 to 10^6 dimensions: gigabytes at the
+    default N, and a projector of pixel positions) and for fewer than 2
+    dimensions (the projector's PCA and t-SNE need 2)."""
+    if shape is None or (hasattr(shape, "rank") and shape.rank is None):
+        return None
+    shape = tuple(None if d is None else int(d) for d in shape)
+    if len(shape) > 2:
+        if not pool:
+            raise ModelError(f"embedding {name!r} has shape {_shape_text(shape)}, a feature map, "
+                             "not one vector per image (batch, D): set --pool avg, max or "
+                             "flatten to reduce it, or pick a later layer")
+        if pool == "flatten":
+            rest = shape[1:]
+            width = None if None in rest else int(np.prod(rest))
+        else:
+            width = shape[-1]
+    else:
+        width = shape[1] if len(shape) == 2 else 1
+    if width is not None and width < 2:
+        raise ModelError(f"embedding {name!r} has shape {_shape_text(shape)}: {width} dimension; "
+                         "the projector needs at least 2 (PCA, t-SNE and UMAP place points "
+                         "in 2-D or 3-D), so pick a wider layer")
+    return width
+
+
+def pool_features(arr: np.ndarray, pool: str = "") -> np.ndarray:
+    """A (B, ...) output -> (B, D) float32: (B, D) as is, (B,) as one column,
+    feature maps reduced by ``pool`` (flattened when none: only outputs of
+    unknown rank get here without one, embedding_width refused the others)."""
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim <= 2:
+        return arr.reshape(arr.shape[0], -1)
+    axes = tuple(range(1, arr.ndim - 1))
+    if pool == "avg":
+        return arr.mean(axis=axes)
+    if pool == "max":
+        return arr.max(axis=axes)
+    return arr.reshape(arr.shape[0], -1)
 
 
 def scale_pixels(batch: np.ndarray, pixel_scale: str) -> np.ndarray:
@@ -111,8 +168,9 @@ class EmbeddingModel:
     """A loaded model that maps a uint8 image batch to embedding matrices."""
 
     def __init__(self, fn, input_size: Tuple[int, int, int], names: List[str],
-                 pixel_scale: str, layer_names: Sequence[str] = ()):
+                 pixel_scale: str, layer_names: Sequence[str] = (), pool: str = ""):
         self._fn = fn
+        self.pool = pool                  # how feature-map outputs become vectors
         self.input_size = input_size      # (height, width, channels)
         self.names = names                # one tensor name per embedding
         self.pixel_scale = pixel_scale
@@ -124,22 +182,53 @@ class EmbeddingModel:
         if self.input_size[2] == 1:
             x = x.mean(axis=-1, keepdims=True)
         outs = self._fn(x)
-        result = []
-        for out in outs:
-            arr = np.asarray(out, dtype=np.float32)
-            result.append(arr.reshape(arr.shape[0], -1))
-        return result
+        return [pool_features(out, self.pool) for out in outs]
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def keras_file_problem(path: str) -> Optional[str]:
+    """Why the local file at ``path`` cannot be a Keras model, or None.
+
+    Keras answers a corrupt or truncated ``.keras`` file with "File not found",
+    which sends the user looking for a file that is right there. A ``.keras``
+    file is a zip archive; an ``.h5`` file starts with the HDF5 signature (at
+    0, or after a user block of 512, 1024, 2048... bytes)."""
+    if path.endswith(".keras"):
+        import zipfile
+        if not zipfile.is_zipfile(path):
+            return ("the file is not a zip archive, so not a .keras model "
+                    "(corrupt, truncated, or another format)")
+        return None
+    with open(path, "rb") as f:
+        head = f.read(8)
+        offsets = [0] + [512 << i for i in range(8)]
+        for offset in offsets:
+            f.seek(offset)
+            if f.read(8) == _HDF5_SIGNATURE:
+                return None
+    if head.startswith(b"PK"):
+        return "the file is a zip archive (a .keras model?), not HDF5: name it .keras"
+    return "the file has no HDF5 signature, so not an .h5 model (corrupt, truncated, or another format)"
 
 
 def _keras_model(path: str, spec: ModelSpec) -> EmbeddingModel:
     import keras
     import tensorflow as tf
 
+    problem = keras_file_problem(path)
+    if problem:
+        raise ModelError(f"cannot load model {spec.uri}: {problem}; expected {ACCEPTED}")
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001 - report any load failure the same way
         raise ModelError(f"cannot load model {spec.uri}: {type(e).__name__}: {e}; "
                          f"expected {ACCEPTED}") from None
+    if len(model.inputs) != 1:
+        raise ModelError(f"model {spec.uri} takes {len(model.inputs)} inputs "
+                         f"({', '.join(repr(i.name) for i in model.inputs)}); an image "
+                         "embedding model takes one image")
     layer_names = [layer.name for layer in model.layers]
     if spec.layers:
         unknown = [n for n in spec.layers if n not in layer_names]
@@ -151,6 +240,8 @@ def _keras_model(path: str, spec: ModelSpec) -> EmbeddingModel:
     else:
         outputs = list(model.outputs)
         names = [model.layers[-1].name] if len(outputs) == 1 else [o.name for o in outputs]
+    for name, out in zip(names, outputs):
+        embedding_width(name, tuple(out.shape), spec.pool)
     sub = keras.Model(model.inputs, outputs)
     shape = resolve_input_shape(tuple(model.inputs[0].shape[1:]), spec.image_size,
                                 f"model input {model.inputs[0].shape}")
@@ -164,7 +255,7 @@ def _keras_model(path: str, spec: ModelSpec) -> EmbeddingModel:
         return out if isinstance(out, (list, tuple)) else [out]
 
     return EmbeddingModel(lambda x: [o.numpy() for o in call(tf.constant(x))],
-                          shape, names, spec.pixel_scale, layer_names)
+                          shape, names, spec.pixel_scale, layer_names, spec.pool)
 
 
 def _saved_model(path: str, spec: ModelSpec) -> EmbeddingModel:
@@ -193,11 +284,14 @@ def _saved_model(path: str, spec: ModelSpec) -> EmbeddingModel:
         raise ModelError(f"unknown embedding output {', '.join(unknown)}; signature "
                          f"{spec.signature!r} outputs: {', '.join(out_keys)}")
 
+    for k in wanted:
+        embedding_width(k, getattr(fn.structured_outputs[k], "shape", None), spec.pool)
+
     def call(x):
         out = fn(**{input_name: tf.constant(x, dtype=input_spec.dtype)})
         return [out[k].numpy() for k in wanted]
 
-    model = EmbeddingModel(call, shape, wanted, spec.pixel_scale, out_keys)
+    model = EmbeddingModel(call, shape, wanted, spec.pixel_scale, out_keys, spec.pool)
     model._keepalive = loaded  # the signature needs its object graph alive
     return model
 

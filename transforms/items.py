@@ -5,6 +5,10 @@ make each stage's contract visible in one place.
 """
 from typing import NamedTuple, Optional, Tuple
 
+# The largest encoded image (or TFRecord record) read into memory: no real photo
+# comes near it, and a bigger one would be a worker's memory for one item.
+DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
+
 
 class ImageRef(NamedTuple):
     """One input item before decoding."""

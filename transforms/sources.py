@@ -7,19 +7,22 @@ metadata columns up front, so options are validated and the writer knows the
 header before any worker runs. ``ReadImageRefs`` is the one PTransform the
 pipeline uses; it picks the reader for the kind.
 """
+import contextlib
 import csv
+import gzip
 import hashlib
 import io
 import json
 import re
 import struct
+import zlib
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.items import ErrorRow, ImageRef
+from transforms.items import DEFAULT_MAX_IMAGE_BYTES, ErrorRow, ImageRef
 
 ERRORS_TAG = "errors"
 
@@ -28,11 +31,12 @@ class SourceError(ValueError):
     """The input cannot be read as asked; the message says what to fix."""
 
 
-def _open_text(path: str):
-    raw = FileSystems.open(path, compression_type="uncompressed")
-    # utf-8-sig: spreadsheets often save a BOM that would otherwise end up
-    # inside the first column's name.
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+def _open_lines(path: str):
+    """A CSV's text lines, decoded one by one (see csv_lines); a line too long
+    to hold reads as an empty line, so row numbers stay physical lines."""
+    with FileSystems.open(path, compression_type="uncompressed") as raw:
+        for _, text in csv_lines(raw):
+            yield "\n" if text is None else text
 
 
 def expand_input(pattern: str) -> List[str]:
@@ -48,11 +52,18 @@ def expand_input(pattern: str) -> List[str]:
 
 
 def csv_header(path: str) -> List[str]:
+    """The header row; only it has to be UTF-8 here: a bad byte in a later
+    row is that row's error, found by the reader."""
+    lines = _open_lines(path)
     try:
-        with _open_text(path) as f:
-            header = next(csv.reader(f), None)
-    except UnicodeDecodeError as e:
-        raise SourceError(f"input {path} is not UTF-8 text: {e}") from None
+        header = next(csv.reader(lines), None)
+    except csv.Error as e:
+        raise SourceError(f"input {path}: cannot parse the CSV header row: {e}") from None
+    finally:
+        lines.close()
+    if header and _undecodable_byte(header) is not None:
+        raise SourceError(f"input {path} is not UTF-8 text: byte "
+                          f"0x{_undecodable_byte(header):02X} in its header row")
     if not header:
         raise SourceError(f"input {path} is empty: a CSV needs a header row naming its columns")
     return header
@@ -70,33 +81,112 @@ def metadata_columns(header: Sequence[str], image_column: str) -> List[str]:
     return [image_column] + [c for c in header if c != image_column]
 
 
+# A CSV line longer than this is not a list of image paths: it is skipped as a
+# row error without being held whole (a file with no newline at all, a field
+# holding a pasted blob). It is read in chunks of this size.
+MAX_CSV_LINE_BYTES = 1024 * 1024
+
+
+def _names(names: Sequence[str]) -> str:
+    """Column names for a message, quoted so spaces and empty names show."""
+    return ", ".join(repr(n) for n in names)
+
+
+def _undecodable_byte(values: Sequence[str]) -> Optional[int]:
+    """The first byte that was not UTF-8 (kept as a surrogate by
+    surrogateescape) in ``values``, or None when they all decoded."""
+    for v in values:
+        if v.isascii():
+            continue
+        try:
+            v.encode("utf-8")  # surrogates do not encode: C speed, no loop per char
+        except UnicodeEncodeError as e:
+            return ord(v[e.start]) - 0xDC00
+    return None
+
+
+def csv_lines(raw, max_line_bytes: int = MAX_CSV_LINE_BYTES):
+    """Lines of a binary stream, decoded one by one: (line number, text or an
+    error reason). Bytes that are not UTF-8 survive as surrogates (so one bad
+    row is that row's error, not the file's), and a line longer than
+    ``max_line_bytes`` is skipped in bounded chunks."""
+    line_no = 0
+    while True:
+        line = raw.readline(max_line_bytes + 1)
+        if not line:
+            return
+        line_no += 1
+        if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]  # a spreadsheet's BOM, else it joins the first column's name
+        if len(line) > max_line_bytes and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = raw.readline(max_line_bytes + 1)
+            yield line_no, None
+            continue
+        yield line_no, line.decode("utf-8", errors="surrogateescape")
+
+
 class _ReadCsvFn(beam.DoFn):
     """One CSV file -> ImageRefs. The csv module parses quoted fields with
-    commas, quotes and newlines, which a line-based ReadFromText would split."""
+    commas, quotes and newlines, which a line-based ReadFromText would split.
+    Every row that cannot be used (not UTF-8, a field over the csv module's
+    limit, a line over MAX_CSV_LINE_BYTES, no image path) becomes a ``read``
+    row naming ``file:line``; the rest of the file goes on."""
 
     def __init__(self, image_column: str):
         self._image_column = image_column
         self._read = beam.metrics.Metrics.counter("projector", "read")
         self._bad = beam.metrics.Metrics.counter("projector", "failed_read")
 
+    def _error(self, path, line_no, reason):
+        self._bad.inc()
+        return beam.pvalue.TaggedOutput(ERRORS_TAG, ErrorRow(f"{path}:{line_no}", "read", reason))
+
     def process(self, path: str):
         base_dir = path.rsplit("/", 1)[0] if "/" in path else "."
-        with _open_text(path) as f:
-            reader = csv.reader(f)
+        with FileSystems.open(path, compression_type="uncompressed") as raw:
+            too_long = []       # line numbers csv_lines skipped
+            current = [0]       # physical line the csv reader last consumed
+
+            def lines():
+                for line_no, text in csv_lines(raw):
+                    current[0] = line_no
+                    if text is None:
+                        too_long.append(line_no)
+                        text = "\n"  # an empty row keeps the reader in step
+                    yield text
+
+            reader = csv.reader(lines())
             header = next(reader, None) or []
             if self._image_column not in header:
                 raise SourceError(f"CSV {path} has no column {self._image_column!r}; "
-                                  f"its columns are: {', '.join(header)}")
+                                  f"its columns are: {_names(header)}")
             order = [header.index(c) for c in metadata_columns(header, self._image_column)]
-            for line_no, row in enumerate(reader, start=2):
+            while True:
+                start = current[0] + 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    yield self._error(path, start, f"cannot parse CSV row: {e}")
+                    continue
+                if too_long and too_long[-1] >= start:
+                    line_no = min(n for n in too_long if n >= start)
+                    too_long.clear()
+                    yield self._error(path, line_no,
+                                      f"line longer than {MAX_CSV_LINE_BYTES} bytes; skipped")
+                    continue
                 if not row:
                     continue  # csv yields [] for blank lines
+                bad = _undecodable_byte(row)
+                if bad is not None:
+                    yield self._error(path, start, f"row is not UTF-8 text (byte 0x{bad:02X})")
+                    continue
                 values = [row[i] if i < len(row) else "" for i in order]
                 value = values[0].strip()
                 if not value:
-                    self._bad.inc()
-                    yield beam.pvalue.TaggedOutput(ERRORS_TAG, ErrorRow(
-                        f"{path}:{line_no}", "read", f"empty {self._image_column!r} value"))
+                    yield self._error(path, start, f"empty {self._image_column!r} value")
                     continue
                 self._read.inc()
                 yield ImageRef(uid="\x1f".join(row), ref=resolve_ref(value, base_dir),
@@ -209,11 +299,9 @@ def _name_kind(path: str) -> Optional[str]:
     return None
 
 
-# --- TFRecord framing (launcher only) -------------------------------------------
-# The pipeline reads records with Beam's ReadAllFromTFRecord. The launcher only
-# needs the first few records to learn the features and to recognise a
-# TFRecord file whose name says nothing; Beam's record reader is private API,
-# and the framing is 16 bytes of documented format, so it is read here.
+# --- TFRecord framing -----------------------------------------------------------
+# Records are read here rather than with Beam's ReadAllFromTFRecord (see
+# ReadTFRecordExamples for why); the framing is 16 bytes of documented format.
 
 def _masked_crc(data: bytes) -> int:
     import google_crc32c  # ships with apache-beam[gcp]; Beam's own TFRecord coder uses it
@@ -221,24 +309,53 @@ def _masked_crc(data: bytes) -> int:
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def iter_tfrecords(f) -> Iterator[bytes]:
-    """Records of an open TFRecord stream, checksums verified."""
+class TFRecordFramingError(SourceError):
+    """The record stream is broken at ``offset`` (bytes from the start of the
+    stream, uncompressed for GZIP); framing cannot resync past it."""
+
+    def __init__(self, reason: str, offset: int):
+        super().__init__(f"{reason} at byte {offset}")
+        self.reason, self.offset = reason, offset
+
+
+def iter_tfrecords_at(f, max_record_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+                      ) -> Iterator[Tuple[int, bytes]]:
+    """(offset, record) of an open TFRecord stream, checksums verified.
+
+    The length is checked against its CRC and against ``max_record_bytes``
+    before anything is allocated: a flipped bit (or a hostile file) can claim
+    2^40 bytes, and ``f.read(2**40)`` is a MemoryError or a worker OOM.
+    Raises TFRecordFramingError naming the offset of the bad record.
+    """
+    offset = 0
     while True:
         header = f.read(12)
         if not header:
             return
         if len(header) < 12:
-            raise SourceError("truncated TFRecord header")
+            raise TFRecordFramingError("truncated TFRecord header", offset)
         length, length_crc = struct.unpack("<QI", header)
         if _masked_crc(header[:8]) != length_crc:
-            raise SourceError("not a TFRecord file (record length checksum mismatch)")
+            raise TFRecordFramingError(
+                "not a TFRecord file (record length checksum mismatch)", offset)
+        if length > max_record_bytes:
+            raise TFRecordFramingError(
+                f"TFRecord record of {length} bytes exceeds the limit of {max_record_bytes}",
+                offset)
         data = f.read(length)
         footer = f.read(4)
         if len(data) < length or len(footer) < 4:
-            raise SourceError("truncated TFRecord record")
+            raise TFRecordFramingError("truncated TFRecord record", offset)
         if _masked_crc(data) != struct.unpack("<I", footer)[0]:
-            raise SourceError("corrupt TFRecord record (data checksum mismatch)")
-        yield data
+            raise TFRecordFramingError("corrupt TFRecord record (data checksum mismatch)", offset)
+        yield offset, data
+        offset += 16 + length
+
+
+def iter_tfrecords(f, max_record_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Iterator[bytes]:
+    """Records of an open TFRecord stream, checksums and length bound verified."""
+    for _, record in iter_tfrecords_at(f, max_record_bytes):
+        yield record
 
 
 def _compression_type(compression: str) -> str:
@@ -469,13 +586,13 @@ def _describe_tfrecord(paths, image_feature, metadata_features, compression) -> 
     if image_feature not in seen:
         raise SourceError(f"TFRecord {paths[0]} has no feature {image_feature!r} in its first "
                           f"{len(examples)} records (set --image_feature); its features are: "
-                          f"{', '.join(sorted(seen))}")
+                          f"{_names(sorted(seen))}")
     if metadata_features:
         unknown = [n for n in metadata_features if n not in seen]
         if unknown:
             raise SourceError(f"--metadata_features {', '.join(unknown)} not found in the first "
                               f"{len(examples)} records; the features are: "
-                              f"{', '.join(sorted(seen))}")
+                              f"{_names(sorted(seen))}")
         features = tuple(metadata_features)
     else:
         features = tuple(sorted(n for n, scalar in seen.items() if scalar and n != image_feature))
@@ -495,17 +612,28 @@ def _describe_tfrecord(paths, image_feature, metadata_features, compression) -> 
 
 
 def _first_row_exists(path: str) -> bool:
-    with _open_text(path) as f:
-        reader = csv.reader(f)
+    lines = _open_lines(path)
+    reader = csv.reader(lines)
+    try:
         next(reader, None)
-        return any(row and any(v.strip() for v in row) for row in reader)
+        while True:
+            try:
+                row = next(reader)
+            except csv.Error:
+                continue   # a bad row is the reader's row error; look further
+            if row and any(v.strip() for v in row):
+                return True
+    except StopIteration:
+        return False
+    finally:
+        lines.close()
 
 
 def _describe_csv(pattern, paths, image_column) -> SourceSpec:
     header = csv_header(paths[0])
     if image_column not in header:
         raise SourceError(f"CSV {paths[0]} has no column {image_column!r} "
-                          f"(set --image_column); its columns are: {', '.join(header)}")
+                          f"(set --image_column); its columns are: {_names(header)}")
     if not any(_first_row_exists(p) for p in paths):
         raise SourceError(f"input {pattern} has a header but no rows")
     return SourceSpec(kind="csv", pattern=pattern, paths=tuple(paths),
@@ -570,9 +698,9 @@ class _ExampleToRefFn(beam.DoFn):
     one record that is not a tf.Example, or a feature whose type changes,
     fails the batch and so the job. We need the opposite shape: one Python
     row per record (image bytes, metadata strings), one dead-letter row per
-    bad record, and the raw record for a stable uid. So we use the same Beam
-    reader underneath (``ReadAllFromTFRecord``: splittable, checksummed) and
-    parse each record with the tf.Example proto.
+    bad record, and the raw record for a stable uid. So the records come from
+    our own checksummed reader (``_ReadTFRecordFileFn``) and each is parsed
+    with the tf.Example proto.
     """
 
     def __init__(self, image_feature: str, features: Sequence[str], label_names=()):
@@ -625,23 +753,82 @@ class _ExampleToRefFn(beam.DoFn):
         return class_name_text(feature, names) if names else feature_text(feature)
 
 
+class _ReadTFRecordFileFn(beam.DoFn):
+    """One TFRecord file -> (file, record) per record; a broken stream ends
+    that file with one ``read`` row naming the file and the byte offset.
+
+    Why not Beam's ``ReadAllFromTFRecord``: it raises on the first bad
+    record (a flipped checksum, a truncated tail, a truncated GZIP member, a
+    length of 2^40 that it tries to allocate), and the exception kills the
+    job after every other file was read. Here each file is its own unit: a
+    bad stream stops at its last good record (the framing has no sync marker
+    to resume from) and the rest of the input goes on. What is lost is
+    splitting inside one file: a file is read by one worker, so the shards of
+    a dataset (TFDS, tf.data writers: tens to thousands) are the unit of
+    parallelism; a single huge file reads serially.
+    """
+
+    def __init__(self, compression: str, max_record_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+        self._compression = compression
+        self._max_record_bytes = max_record_bytes
+        self._bad = beam.metrics.Metrics.counter("projector", "failed_read")
+
+    def process(self, path: str):
+        offset = count = 0
+        try:
+            with contextlib.ExitStack() as stack:
+                f = stack.enter_context(FileSystems.open(
+                    path, compression_type=CompressionTypes.UNCOMPRESSED))
+                if self._compression == "gzip":
+                    # Python's gzip, not Beam's decompressing reader: that one
+                    # ends quietly at a truncation, losing the tail unnoticed;
+                    # this raises EOFError there and checks the member's CRC.
+                    f = stack.enter_context(gzip.GzipFile(fileobj=f, mode="rb"))
+                for offset, record in iter_tfrecords_at(f, self._max_record_bytes):
+                    count += 1
+                    yield path, record
+                    offset += 16 + len(record)
+            return
+        except TFRecordFramingError as e:
+            reason, offset = e.reason, e.offset
+        except EOFError:
+            reason = "truncated GZIP stream (it ends before its end-of-stream marker)"
+        except (gzip.BadGzipFile, zlib.error) as e:
+            reason = f"corrupt GZIP stream: {str(e)[:200]}"
+        except Exception as e:  # noqa: BLE001 - OSError and the like of a broken stream
+            text = str(e).strip().splitlines()
+            reason = f"cannot read TFRecord stream: {type(e).__name__}" + (
+                f": {text[0][:200]}" if text else "")
+        where = "of the uncompressed stream " if self._compression == "gzip" else ""
+        self._bad.inc()
+        yield beam.pvalue.TaggedOutput(ERRORS_TAG, ErrorRow(
+            path, "read", f"{reason} at byte {offset} {where}after {count} good records; "
+            "the rest of this file is skipped"))
+
+
 class ReadTFRecordExamples(beam.PTransform):
     """TFRecord files of tf.Example -> (ImageRefs, errors)."""
 
-    def __init__(self, spec: SourceSpec):
+    def __init__(self, spec: SourceSpec, max_record_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         super().__init__()
         self._spec = spec
+        self._max_record_bytes = max_record_bytes
 
     def expand(self, pbegin):
         spec = self._spec
-        out = (pbegin
-               | "TFRecordFiles" >> beam.Create(list(spec.paths))
-               | "ReadRecords" >> beam.io.ReadAllFromTFRecord(
-                   compression_type=_compression_type(spec.compression), with_filename=True)
+        records = (pbegin
+                   | "TFRecordFiles" >> beam.Create(list(spec.paths))
+                   # one file per element: spread the files over the workers
+                   | "SpreadFiles" >> beam.Reshuffle()
+                   | "ReadRecords" >> beam.ParDo(_ReadTFRecordFileFn(
+                       spec.compression, self._max_record_bytes)).with_outputs(
+                           ERRORS_TAG, main="records"))
+        out = (records.records
                | "ParseExamples" >> beam.ParDo(_ExampleToRefFn(
                    spec.image_feature, spec.features, spec.label_names)).with_outputs(
                        ERRORS_TAG, main="refs"))
-        return out.refs, out[ERRORS_TAG]
+        errors = (records[ERRORS_TAG], out[ERRORS_TAG]) | "TFRecordErrors" >> beam.Flatten()
+        return out.refs, errors
 
 
 class _FileToRefFn(beam.DoFn):
