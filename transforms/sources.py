@@ -231,7 +231,8 @@ class SourceSpec(NamedTuple):
     image_column: str = "path"         # csv: column holding the image path
     image_feature: str = "image/encoded"   # tfrecord: bytes feature with the image or its path
     features: Tuple[str, ...] = ()     # tfrecord: features that become metadata columns
-    compression: str = "none"          # tfrecord: resolved "none" or "gzip"
+    compression: str = "none"          # tfrecord: resolved "none" or "gzip" (of the first file)
+    auto_compression: bool = False     # tfrecord: --compression auto: resolve it per file
     root: str = ""                     # folder: the directory paths and labels are relative to
     labelled: bool = False             # folder: class sub-folders give a label column
 
@@ -437,10 +438,12 @@ def _is_scalar_text(feature) -> bool:
     return True
 
 
-def _scan_examples(paths: Sequence[str], compression: str):
-    """The first SCAN_RECORDS tf.Examples of the input (from SCAN_FILES files at most)."""
+def _scan_examples(paths: Sequence[str], requested: str):
+    """The first SCAN_RECORDS tf.Examples of the input (from SCAN_FILES files at
+    most); with ``requested`` auto, each file's compression is its own."""
     examples, bad = [], 0
     for path in list(paths)[:SCAN_FILES]:
+        compression = resolve_compression(path, requested)
         try:
             with FileSystems.open(path, compression_type=_compression_type(compression)) as f:
                 for record in iter_tfrecords(f):
@@ -464,8 +467,8 @@ def _scan_examples(paths: Sequence[str], compression: str):
 
 
 def _describe_tfrecord(paths, image_feature, metadata_features, compression) -> SourceSpec:
-    compression = resolve_compression(paths[0], compression)
-    examples = _scan_examples(paths, compression)
+    requested, compression = compression, resolve_compression(paths[0], compression)
+    examples = _scan_examples(paths, requested)
     if not examples:
         raise SourceError(f"TFRecord input {paths[0]} has no records")
     seen: Dict[str, bool] = {}
@@ -491,7 +494,8 @@ def _describe_tfrecord(paths, image_feature, metadata_features, compression) -> 
                           "with --metadata_features")
     return SourceSpec(kind="tfrecord", pattern="", paths=tuple(paths),
                       columns=(SOURCE_COLUMN,) + features, image_feature=image_feature,
-                      features=features, compression=compression)
+                      features=features, compression=compression,
+                      auto_compression=requested == "auto")
 
 
 def _first_row_exists(path: str) -> bool:
@@ -639,18 +643,23 @@ class _ReadTFRecordFileFn(beam.DoFn):
     parallelism; a single huge file reads serially.
     """
 
-    def __init__(self, compression: str, max_record_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+    def __init__(self, compression: str, max_record_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                 auto: bool = False):
         self._compression = compression
+        self._auto = auto   # resolve per file: a glob may mix plain and GZIP shards
         self._max_record_bytes = max_record_bytes
         self._bad = beam.metrics.Metrics.counter("projector", "failed_read")
 
     def process(self, path: str):
         offset = count = 0
+        compression = self._compression
         try:
+            if self._auto:
+                compression = resolve_compression(path, "auto")
             with contextlib.ExitStack() as stack:
                 f = stack.enter_context(FileSystems.open(
                     path, compression_type=CompressionTypes.UNCOMPRESSED))
-                if self._compression == "gzip":
+                if compression == "gzip":
                     # Python's gzip, not Beam's decompressing reader: that one
                     # ends quietly at a truncation, losing the tail unnoticed;
                     # this raises EOFError there and checks the member's CRC.
@@ -670,7 +679,7 @@ class _ReadTFRecordFileFn(beam.DoFn):
             text = str(e).strip().splitlines()
             reason = f"cannot read TFRecord stream: {type(e).__name__}" + (
                 f": {text[0][:200]}" if text else "")
-        where = "of the uncompressed stream " if self._compression == "gzip" else ""
+        where = "of the uncompressed stream " if compression == "gzip" else ""
         self._bad.inc()
         yield beam.pvalue.TaggedOutput(ERRORS_TAG, ErrorRow(
             path, "read", f"{reason} at byte {offset} {where}after {count} good records; "
@@ -692,7 +701,8 @@ class ReadTFRecordExamples(beam.PTransform):
                    # one file per element: spread the files over the workers
                    | "SpreadFiles" >> beam.Reshuffle()
                    | "ReadRecords" >> beam.ParDo(_ReadTFRecordFileFn(
-                       spec.compression, self._max_record_bytes)).with_outputs(
+                       spec.compression, self._max_record_bytes,
+                       spec.auto_compression)).with_outputs(
                            ERRORS_TAG, main="records"))
         out = (records.records
                | "ParseExamples" >> beam.ParDo(_ExampleToRefFn(
