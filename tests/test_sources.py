@@ -129,6 +129,14 @@ def test_describe_tfrecord_columns_and_compression(tmp_path, digits, tfrecord_by
         sources.describe_input(gz, compression="none")
     spec = sources.describe_input(gz, metadata_features=("label", "bbox"))
     assert spec.columns == ("source", "label", "bbox")
+    # a glob mixing plain and GZIP shards: each file's compression is its own
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    write_records(str(mixed / "a.tfrecord"), records[:1])
+    write_records(str(mixed / "b.tfrecord"), records, gzip=True)
+    spec = sources.describe_input(str(mixed / "*.tfrecord"))
+    assert (spec.compression, spec.auto_compression) == ("none", True)
+    assert spec.columns == ("source", "image/filename", "label", "score")
 
 
 def test_describe_tfrecord_names_what_is_missing(tfrecord_bytes):
@@ -323,7 +331,10 @@ def test_a_run_over_broken_tfrecords_goes_on_and_lists_them(tmp_path, digits, mo
         good, offset = expect[ref]
         assert "the rest of this file is skipped" in reason
         if offset is not None:
-            assert f"at byte {offset} " in reason
+            assert f"at byte {offset} " in reason and f"after {good} good records" in reason
+        else:   # the GZIP shard in a glob of plain ones: compression is per file
+            assert "truncated GZIP stream" in reason, reason
+            assert int(re.search(r"after (\d+) good records", reason).group(1)) >= 100
 
 
 def make_class_tree(root, digits, per_class):

@@ -233,7 +233,8 @@ class SourceSpec(NamedTuple):
     image_column: str = "path"         # csv: column holding the image path
     image_feature: str = "image/encoded"   # tfrecord: bytes feature with the image or its path
     features: Tuple[str, ...] = ()     # tfrecord: features that become metadata columns
-    compression: str = "none"          # tfrecord: resolved "none" or "gzip"
+    compression: str = "none"          # tfrecord: resolved "none" or "gzip" (of the first file)
+    auto_compression: bool = False     # tfrecord: --compression auto: resolve it per file
     root: str = ""                     # folder: the directory paths and labels are relative to
     labelled: bool = False             # folder: class sub-folders give a label column
     # tfrecord from a TensorFlow Datasets folder: ClassLabel feature -> class
@@ -443,10 +444,12 @@ def _is_scalar_text(feature) -> bool:
     return True
 
 
-def _scan_examples(paths: Sequence[str], compression: str):
-    """The first SCAN_RECORDS tf.Examples of the input (from SCAN_FILES files at most)."""
+def _scan_examples(paths: Sequence[str], requested: str):
+    """The first SCAN_RECORDS tf.Examples of the input (from SCAN_FILES files at
+    most); with ``requested`` auto, each file's compression is its own."""
     examples, bad = [], 0
     for path in list(paths)[:SCAN_FILES]:
+        compression = resolve_compression(path, requested)
         try:
             with FileSystems.open(path, compression_type=_compression_type(compression)) as f:
                 for record in iter_tfrecords(f):
@@ -575,8 +578,8 @@ def _describe_tfrecord(paths, image_feature, metadata_features, compression) -> 
     if not image_feature:
         image_feature = (("image" if "image" in tfds.image_features else tfds.image_features[0])
                          if tfds and tfds.image_features else "image/encoded")
-    compression = resolve_compression(paths[0], compression)
-    examples = _scan_examples(paths, compression)
+    requested, compression = compression, resolve_compression(paths[0], compression)
+    examples = _scan_examples(paths, requested)
     if not examples:
         raise SourceError(f"TFRecord input {paths[0]} has no records")
     seen: Dict[str, bool] = {}
@@ -608,7 +611,8 @@ def _describe_tfrecord(paths, image_feature, metadata_features, compression) -> 
     return SourceSpec(kind="tfrecord", pattern="", paths=tuple(paths),
                       columns=(SOURCE_COLUMN,) + features, image_feature=image_feature,
                       features=features, compression=compression,
-                      label_names=label_names, tfds=about)
+                      label_names=label_names, tfds=about,
+                      auto_compression=requested == "auto")
 
 
 def _first_row_exists(path: str) -> bool:
@@ -768,18 +772,23 @@ class _ReadTFRecordFileFn(beam.DoFn):
     parallelism; a single huge file reads serially.
     """
 
-    def __init__(self, compression: str, max_record_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+    def __init__(self, compression: str, max_record_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                 auto: bool = False):
         self._compression = compression
+        self._auto = auto   # resolve per file: a glob may mix plain and GZIP shards
         self._max_record_bytes = max_record_bytes
         self._bad = beam.metrics.Metrics.counter("projector", "failed_read")
 
     def process(self, path: str):
         offset = count = 0
+        compression = self._compression
         try:
+            if self._auto:
+                compression = resolve_compression(path, "auto")
             with contextlib.ExitStack() as stack:
                 f = stack.enter_context(FileSystems.open(
                     path, compression_type=CompressionTypes.UNCOMPRESSED))
-                if self._compression == "gzip":
+                if compression == "gzip":
                     # Python's gzip, not Beam's decompressing reader: that one
                     # ends quietly at a truncation, losing the tail unnoticed;
                     # this raises EOFError there and checks the member's CRC.
@@ -799,7 +808,7 @@ class _ReadTFRecordFileFn(beam.DoFn):
             text = str(e).strip().splitlines()
             reason = f"cannot read TFRecord stream: {type(e).__name__}" + (
                 f": {text[0][:200]}" if text else "")
-        where = "of the uncompressed stream " if self._compression == "gzip" else ""
+        where = "of the uncompressed stream " if compression == "gzip" else ""
         self._bad.inc()
         yield beam.pvalue.TaggedOutput(ERRORS_TAG, ErrorRow(
             path, "read", f"{reason} at byte {offset} {where}after {count} good records; "
@@ -821,7 +830,8 @@ class ReadTFRecordExamples(beam.PTransform):
                    # one file per element: spread the files over the workers
                    | "SpreadFiles" >> beam.Reshuffle()
                    | "ReadRecords" >> beam.ParDo(_ReadTFRecordFileFn(
-                       spec.compression, self._max_record_bytes)).with_outputs(
+                       spec.compression, self._max_record_bytes,
+                       spec.auto_compression)).with_outputs(
                            ERRORS_TAG, main="records"))
         out = (records.records
                | "ParseExamples" >> beam.ParDo(_ExampleToRefFn(
