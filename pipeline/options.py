@@ -7,6 +7,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.decode import RESIZE_MODES
 from transforms.inference import PIXEL_SCALES
+from transforms.items import DEFAULT_MAX_IMAGE_BYTES
 from transforms.sources import COMPRESSIONS
 from transforms.write import TENSOR_FORMATS
 
@@ -84,6 +85,11 @@ class ProjectorOptions(PipelineOptions):
         # 10,000 x 1280 many times faster than from TSV (BENCHMARKS.md).
         g.add_argument("--tensor_format", default="binary", choices=TENSOR_FORMATS,
                        help="binary little-endian float32 (default, fast to load) or tsv")
+        g.add_argument("--max_image_bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
+                       help="an image file (or TFRecord image) larger than this is an "
+                       "errors.tsv row and is never read past this many bytes + 1 "
+                       f"(default: {DEFAULT_MAX_IMAGE_BYTES}, 256 MiB: the raw size of an "
+                       "8-bit RGB image at Pillow's pixel limit, which no photo's file reaches)")
         g.add_argument("--max_error_fraction", type=float, default=0.1,
                        help="fail the job when more of the sampled items fail (default: 0.1)")
         g.add_argument("--no_preview", action="store_true", default=False,

@@ -3,6 +3,7 @@
 Validates everything on the launcher (``preflight``), composes the graph
 (``build``) and runs it on whatever runner the Beam options name.
 """
+import json
 import logging
 import re
 import sys
@@ -10,19 +11,20 @@ import time
 from typing import List, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
                                                   StandardOptions)
 
 from pipeline.config import expand_config
 from pipeline.options import ProjectorOptions
 from pipeline.preflight import Plan, UsageError, failure_margin, make_plan
-from pipeline.progress import COUNTERS, LogProgress, read_counters, write_summary
+from pipeline.progress import COUNTERS, LogProgress, read_counters, summary_bytes
 from transforms.decode import DecodeImages
 from transforms.inference import EmbedImages
 from transforms.items import order_key
 from transforms.sampling import KeepFirstPerLabel, SampleItems
 from transforms.sources import ReadImageRefs
-from transforms.write import WriteProjectorLogdir, WriterConfig
+from transforms.write import SUMMARY_NAME, WriteProjectorLogdir, WriterConfig, update_summary
 
 LOG = logging.getLogger("beam-projector")
 
@@ -62,7 +64,7 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
                | "CountSampled" >> beam.Map(_count("sampled"))
                | "Spread" >> beam.Reshuffle())
     decoded, decode_errors = sampled | "Decode" >> DecodeImages(
-        plan.model_size, plan.tile, po.resize)
+        plan.model_size, plan.tile, po.resize, max_bytes=po.max_image_bytes)
     decoded = decoded | "ProgressDecoded" >> LogProgress("decoded")
     if per_label:
         decoded = decoded | "KeepFirstPerLabel" >> KeepFirstPerLabel(
@@ -81,7 +83,9 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     cfg = WriterConfig(output=po.output, columns=plan.columns, tensor_names=plan.tensor_names,
                        tile=plan.tile, max_items=po.max_items,
                        max_error_fraction=po.max_error_fraction, tensor_format=po.tensor_format,
-                       preview=not po.no_preview, standalone=po.standalone)
+                       preview=not po.no_preview, standalone=po.standalone,
+                       run_id=plan.run_id,
+                       options_json=json.dumps(_options_used(po), sort_keys=True, default=str))
     return (embedded, errors) | "WriteLogdir" >> WriteProjectorLogdir(cfg)
 
 
@@ -125,11 +129,19 @@ def run(argv: Optional[List[str]] = None) -> dict:
     summary["seconds"] = round(time.time() - started, 2)
     if not summary["written"]:
         raise RuntimeError(f"nothing was written to {po.output}; counts: {summary}")
-    path = write_summary(po.output, {
-        "counters": {k: summary[k] for k in COUNTERS}, "all_counters": counts,
-        "options": _options_used(options), "pipeline_seconds": summary["seconds"],
+    # The writer already put a run_summary.json beside the outputs before its
+    # config swap; this adds Beam's counters and timings, unless a later run
+    # has published over this one meanwhile.
+    data = summary_bytes({
+        "run_id": plan.run_id, "counters": {k: summary[k] for k in COUNTERS},
+        "all_counters": counts, "options": _options_used(options),
+        "pipeline_seconds": summary["seconds"],
         "wall_seconds": round(time.time() - run_started, 2)})
-    LOG.info("run summary written to %s", path)
+    try:
+        if update_summary(po.output, plan.run_id, data):
+            LOG.info("run summary written to %s", FileSystems.join(po.output, SUMMARY_NAME))
+    except Exception as e:  # noqa: BLE001 - published; the writer's summary stays
+        LOG.warning("published, but the full run summary was not written: %s", e)
     return summary
 
 

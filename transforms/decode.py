@@ -4,18 +4,22 @@ One Pillow decode yields both the model input and the sprite thumbnail, so a
 large JPEG is never read or decoded twice. Everything that can go wrong with
 one image becomes a dead-letter row, never an exception that kills the job.
 """
+import errno
 import io
 import os
+import stat
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from typing import Tuple
+from typing import Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.localfilesystem import LocalFileSystem
 from PIL import Image, ImageFile, ImageOps
 
-from transforms.items import DecodedImage, ErrorRow, ImageRef, Thumbnail
+from transforms.items import (DEFAULT_MAX_IMAGE_BYTES, DecodedImage, ErrorRow, ImageRef,
+                              Thumbnail)
 from transforms.projector import fit_within
 
 ERRORS_TAG = "errors"
@@ -168,12 +172,72 @@ def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
     return pixels, Thumbnail(thumb.width, thumb.height, thumb.tobytes())
 
 
-def read_bytes(ref: str) -> bytes:
-    """Whole file through FileSystems, so gs://, s3:// and local all work.
-    Raises ImageError with a one-line reason when the file cannot be read."""
+# How a local path that is not a regular file is named in its errors.tsv row.
+_SPECIAL_FILES = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                  (stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"))
+_READ_CHUNK = 4 * 1024 * 1024
+
+
+def _is_local(ref: str) -> bool:
+    try:
+        return isinstance(FileSystems.get_filesystem(ref), LocalFileSystem)
+    except ValueError:   # unknown scheme: FileSystems.open says so below
+        return False
+
+
+def _size_before_open(ref: str) -> Optional[int]:
+    """The size the file system reports, checked before anything is opened.
+
+    Local paths are stat'ed (following symlinks): a character device
+    (/dev/zero), FIFO (whose open would block), socket or symlink loop is
+    refused here without ever being opened. Other file systems report their
+    object size when they can; None when unknown.
+    """
+    if not _is_local(ref):
+        try:
+            return FileSystems.get_filesystem(ref).metadata(ref).size_in_bytes
+        except Exception:  # noqa: BLE001 - unknown: the bounded read still protects
+            return None
+    try:
+        st = os.stat(ref)
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError("symlink loop (too many levels of symbolic links)") from None
+        raise ImageError(f"cannot read file: {type(e).__name__}: {e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError("is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(st.st_mode)), "special file")
+        raise ImageError(f"not a regular file ({kind})")
+    return st.st_size
+
+
+def read_bytes(ref: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+    """The file through FileSystems (gs://, s3://, local), at most ``max_bytes``.
+
+    Raises ImageError with a one-line reason when the file cannot be read, is
+    not a regular file, or is larger than ``max_bytes``: by the size the file
+    system reports, and in any case the read stops at ``max_bytes`` + 1, so a
+    source that lies about its size (or reports 0) cannot grow memory.
+    """
+    size = _size_before_open(ref)
+    if size is not None and size > max_bytes:
+        raise ImageError(f"file too large: {size} bytes > {max_bytes}")
     try:
         with FileSystems.open(ref, compression_type="uncompressed") as f:
-            return f.read()
+            chunks, total = [], 0
+            want = min(size if size is not None else _READ_CHUNK, max_bytes) + 1
+            while total <= max_bytes:
+                chunk = f.read(min(want, max_bytes + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+                want = _READ_CHUNK
     except FileNotFoundError:
         raise ImageError("file not found") from None
     except IsADirectoryError:
@@ -182,13 +246,18 @@ def read_bytes(ref: str) -> bytes:
         raise ImageError("permission denied") from None
     except OSError as e:
         raise ImageError(f"cannot read file: {type(e).__name__}: {e}") from None
+    if total > max_bytes:
+        raise ImageError(f"file too large: more than {max_bytes} bytes read > {max_bytes} "
+                         f"(the file system reported {size if size is not None else 'no size'})")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _decode_one(item: ImageRef, model_size, tile, resize_mode):
+def _decode_one(item: ImageRef, model_size, tile, resize_mode,
+                max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
     """DecodedImage or ErrorRow for one item; never raises."""
     stage = "read"
     try:
-        data = item.content if item.content is not None else read_bytes(item.ref)
+        data = item.content if item.content is not None else read_bytes(item.ref, max_bytes)
         stage = "decode"
         pixels, thumb = decode_image(data, model_size, tile, resize_mode)
     except Exception as e:  # noqa: BLE001 - any failure is this image's, not the job's
@@ -207,7 +276,8 @@ class DecodeImagesFn(beam.DoFn):
     """
 
     def __init__(self, model_size: Tuple[int, int], tile: int, resize_mode: str = "pad",
-                 threads: int = 0):
+                 threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+        self._max_bytes = max_bytes
         self._model_size = tuple(model_size)
         self._tile = tile
         self._resize_mode = resize_mode
@@ -226,7 +296,8 @@ class DecodeImagesFn(beam.DoFn):
 
     def process(self, batch):
         results = self._pool.map(
-            lambda item: _decode_one(item, self._model_size, self._tile, self._resize_mode), batch)
+            lambda item: _decode_one(item, self._model_size, self._tile, self._resize_mode,
+                                     self._max_bytes), batch)
         for result in results:
             if isinstance(result, ErrorRow):
                 self._failed.inc()
@@ -239,9 +310,10 @@ class DecodeImagesFn(beam.DoFn):
 class DecodeImages(beam.PTransform):
     """ImageRefs -> (decoded, errors), decoded in small batches on a thread pool."""
 
-    def __init__(self, model_size, tile, resize_mode="pad", threads: int = 0):
+    def __init__(self, model_size, tile, resize_mode="pad", threads: int = 0,
+                 max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         super().__init__()
-        self._fn = DecodeImagesFn(model_size, tile, resize_mode, threads)
+        self._fn = DecodeImagesFn(model_size, tile, resize_mode, threads, max_bytes)
 
     def expand(self, items):
         out = (items
