@@ -191,10 +191,15 @@ def _referenced_data_dir(config_text: Optional[str]) -> Optional[str]:
 
 MANIFEST_NAME = ".beam-projector-manifest.json"
 SUMMARY_NAME = "run_summary.json"
+# A one-event TensorBoard event file: it makes the logdir a *run*, so a
+# projector written to a sub-folder of a training logdir shows up as its own
+# run there (TensorBoard lists only folders holding event files, besides the
+# root). Fixed wall time: the file is the same on every run.
+EVENTS_NAME = "events.out.tfevents.0.beam-projector"
 # Every root file a run may write, in the order a publish renames them into
 # place: the extras first, the TensorBoard config last, since the config swap
 # is what makes a run visible.
-ROOT_FILES = (ERRORS_NAME, standalone.BUNDLE_NAME, standalone.INDEX_NAME, PREVIEW_NAME,
+ROOT_FILES = (EVENTS_NAME, ERRORS_NAME, standalone.BUNDLE_NAME, standalone.INDEX_NAME, PREVIEW_NAME,
               SUMMARY_NAME, standalone.STANDALONE_CONFIG_NAME, CONFIG_NAME)
 # Beam's FileSystems.match and LocalFileSystem.delete read these as a pattern.
 GLOB_CHARS = "*?["
@@ -212,7 +217,7 @@ class PublishError(RuntimeError):
 
 def root_files(preview_png: bool, standalone_export: bool) -> Tuple[str, ...]:
     """The root files one run writes, in publish order."""
-    names = {ERRORS_NAME, SUMMARY_NAME, CONFIG_NAME}
+    names = {EVENTS_NAME, ERRORS_NAME, SUMMARY_NAME, CONFIG_NAME}
     if preview_png:
         names.add(PREVIEW_NAME)
     if standalone_export:
@@ -365,7 +370,8 @@ def _temp_paths(out: str, tag: str) -> List[str]:
 def _root_payloads(assets: Assets, cfg: WriterConfig, folder: str, config: str,
                    reported_errors: Sequence[ErrorRow]) -> List[Tuple[str, bytes]]:
     """Every root file this run writes, in publish order (the config last)."""
-    out = {ERRORS_NAME: errors_tsv(reported_errors), CONFIG_NAME: config.encode("utf-8"),
+    out = {EVENTS_NAME: events_file(), ERRORS_NAME: errors_tsv(reported_errors),
+           CONFIG_NAME: config.encode("utf-8"),
            SUMMARY_NAME: _writer_summary(assets, cfg, reported_errors)}
     if assets.preview_png is not None:
         out[PREVIEW_NAME] = assets.preview_png
@@ -378,6 +384,19 @@ def _root_payloads(assets: Assets, cfg: WriterConfig, folder: str, config: str,
             posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME),
             assets.tile).encode("utf-8")
     return [(name, out[name]) for name in ROOT_FILES if name in out]
+
+
+def events_file() -> bytes:
+    """A TFRecord holding one ``Event`` (the file version), as TensorBoard writes."""
+    import struct
+
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    data = Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString()
+    header = struct.pack("<Q", len(data))
+    return (header + struct.pack("<I", masked_crc32c(header)) + data
+            + struct.pack("<I", masked_crc32c(data)))
 
 
 def _writer_summary(assets: Assets, cfg: WriterConfig, reported_errors) -> bytes:
