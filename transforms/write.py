@@ -454,7 +454,10 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
             for name, data in payloads:
                 tmp = join(out, name + f".tmp-{tag}")
                 temps.append(tmp)
-                _write(tmp, data)
+                try:
+                    write_bytes(tmp, data)
+                except Exception as e:  # noqa: BLE001 - name the file, not its temp
+                    raise PublishError(f"cannot write {join(out, name)}: {_describe(e)}") from e
             # extras an earlier run wrote and this one does not: gone before the swap
             gone = [n for n in manifest["files"] if n not in names]
             undeleted = {n for n in gone if _try_delete([join(out, n)])}
