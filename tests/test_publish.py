@@ -218,7 +218,7 @@ def test_a_partial_orphan_with_the_same_digest_is_rewritten(tmp_path):
         write.publish(assets, cfg, [])
     assert os.listdir(folder) == [write.SPRITE_NAME]
     # claimed in the manifest first, as a killed run does before writing
-    write._write_manifest(cfg.output, [], [write.DATA_PREFIX + assets.digest], ["dead"], "", "x")
+    write._write_manifest(cfg.output, [], [write.DATA_PREFIX + assets.digest], ["dead"], "x")
     write.publish(assets, cfg, [])
     for name, data in assets.files:
         assert open(os.path.join(folder, name), "rb").read() == data

@@ -54,7 +54,7 @@ class WriterConfig(NamedTuple):
     tensor_format: str = "tsv"
     preview: bool = True        # preview.png at the root
     standalone: bool = False    # .bytes tensors + projector_config.json + index.html
-    run_id: str = ""            # names this run in the manifest and its temp files
+    run_id: str = ""            # names this run in run_summary.json and its temp files
     options_json: str = ""      # the options used, for run_summary.json
 
 
@@ -232,7 +232,7 @@ def glob_chars(path: str) -> str:
 
 
 def read_manifest(out: str) -> dict:
-    """The logdir's manifest: {"files", "data", "pending", "run_id", "exists"}.
+    """The logdir's manifest: {"files", "data", "pending", "exists"}.
 
     Only names the tool itself could have written survive validation (known
     root files, ``data-<16 hex>`` folders, alphanumeric temp tags), so an
@@ -244,7 +244,7 @@ def read_manifest(out: str) -> dict:
     except Exception as e:  # noqa: BLE001
         raise OwnershipError(f"cannot read {path}: {e}") from None
     if text is None:
-        return {"files": [], "data": [], "pending": [], "run_id": "", "exists": False}
+        return {"files": [], "data": [], "pending": [], "exists": False}
     try:
         raw = json.loads(text)
         files, data = list(raw["files"]), list(raw["data"])
@@ -255,14 +255,15 @@ def read_manifest(out: str) -> dict:
     return {"files": sorted({f for f in files if f in ROOT_FILES}),
             "data": sorted({d for d in data if isinstance(d, str) and _DATA_FOLDER.match(d)}),
             "pending": sorted({t for t in pending if isinstance(t, str) and _TAG.match(t)}),
-            "run_id": str(raw.get("run_id", "")), "exists": True}
+            "exists": True}
 
 
-def _write_manifest(out: str, files, data, pending, run_id: str, tag: str) -> None:
+def _write_manifest(out: str, files, data, pending, tag: str) -> None:
+    # No run id or time: the same run gives the same logdir byte for byte.
     body = {"tool": "beam-projector", "version": 1,
             "comment": "what beam-projector wrote here; it deletes or replaces only these",
             "files": sorted(set(files)), "data": sorted(set(data)),
-            "pending": sorted(set(pending)), "run_id": run_id}
+            "pending": sorted(set(pending))}
     _replace(join(out, MANIFEST_NAME), (json.dumps(body, indent=2) + "\n").encode(), tag)
 
 
@@ -439,12 +440,12 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
             foreign.append(folder + "/")
         if foreign:
             raise OwnershipError(_foreign_message(out, foreign, manifest))
-        # claim everything before it appears
-        _write_manifest(out, set(manifest["files"]) | set(names), owned_data | {folder},
-                        set(manifest["pending"]) | {tag}, manifest["run_id"], tag)
         renamed = False
         temps = []
         try:
+            # claim everything before it appears
+            _write_manifest(out, set(manifest["files"]) | set(names), owned_data | {folder},
+                            set(manifest["pending"]) | {tag}, tag)
             if not reuse:
                 if _folder_exists(out, folder):   # ours, from a run that died: maybe partial
                     _delete([_folder_path(out, folder)])
@@ -462,11 +463,11 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
             gone = [n for n in manifest["files"] if n not in names]
             undeleted = {n for n in gone if _try_delete([join(out, n)])}
             for name in names:
-                renamed = True
                 try:
                     FileSystems.rename([join(out, name + f".tmp-{tag}")], [join(out, name)])
                 except Exception as e:  # noqa: BLE001
                     raise PublishError(f"cannot write {join(out, name)}: {_describe(e)}") from e
+                renamed = True
         except Exception as e:
             _try_delete(temps)
             undone = ""
@@ -475,10 +476,11 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
                     [_folder_path(out, folder)]) else ""
                 try:   # give back the claim
                     _write_manifest(out, manifest["files"], manifest["data"],
-                                    manifest["pending"], manifest["run_id"], tag)
+                                    manifest["pending"], tag)
                 except Exception:  # noqa: BLE001 - the claim is swept by the next run
                     pass
-            what = "" if renamed else "; nothing published, the previous projector is unchanged"
+            what = ("; the previous projector is still live, beside this attempt's extras"
+                    if renamed else "; nothing published, the previous projector is unchanged")
             raise PublishError(f"{e if isinstance(e, PublishError) else _describe(e)}"
                                f"{what}{undone}") from e
         # the sweep: what died or was superseded, as the manifest lists it
@@ -489,7 +491,7 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
         kept_tags = {t for t in manifest["pending"]
                      if t != tag and _try_delete(_temp_paths(out, t))}
         try:
-            _write_manifest(out, set(names) | undeleted, kept, kept_tags, cfg.run_id, tag)
+            _write_manifest(out, set(names) | undeleted, kept, kept_tags, tag)
         except PublishError as e:   # published; the claim written above still holds
             LOG.warning("published, but %s; the next run tidies up", e)
     return config
@@ -506,7 +508,7 @@ def publish_errors_only(cfg: WriterConfig, rows: Sequence[ErrorRow]) -> None:
             raise OwnershipError(_foreign_message(out, foreign, manifest))
         if ERRORS_NAME not in manifest["files"]:
             _write_manifest(out, set(manifest["files"]) | {ERRORS_NAME}, manifest["data"],
-                            manifest["pending"], manifest["run_id"], tag)
+                            manifest["pending"], tag)
         _replace(join(out, ERRORS_NAME), errors_tsv(rows), tag)
 
 
@@ -514,10 +516,16 @@ def update_summary(out: str, run_id: str, data: bytes) -> bool:
     """Replace run_summary.json with the launcher's full summary, only while
     the logdir still shows this run (a later run may have published since)."""
     with PublishLock(out):
-        manifest = read_manifest(out)
-        if not run_id or manifest["run_id"] != run_id or SUMMARY_NAME not in manifest["files"]:
+        if not run_id or SUMMARY_NAME not in read_manifest(out)["files"]:
             return False
-        _replace(join(out, SUMMARY_NAME), data, run_id)
+        path = join(out, SUMMARY_NAME)
+        try:
+            current = json.loads(read_text(path) or "{}").get("run_id")
+        except (ValueError, AttributeError):
+            return False
+        if current != run_id:
+            return False
+        _replace(path, data, run_id if _TAG.match(run_id) else "summary")
         return True
 
 
