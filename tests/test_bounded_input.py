@@ -93,7 +93,7 @@ def hostile_csv(tmp_path_factory):
     sock.bind(str(sock_path))
     bad = {"/dev/zero": "not a regular file (character device)",
            "/dev/urandom": "not a regular file (character device)",
-           str(fifo): "not a regular file (named pipe (FIFO))",
+           str(fifo): "not a regular file (FIFO)",
            str(folder / "loop_a.png"): "symlink loop",
            str(sparse): f"file too large: {SPARSE_BYTES} bytes > {DEFAULT_MAX_IMAGE_BYTES}",
            str(sock_path): "not a regular file (socket)"}
@@ -154,7 +154,7 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
     t = threading.Thread(target=read, daemon=True)
     t.start()
     t.join(10)
-    assert result == ["not a regular file (named pipe (FIFO))"]
+    assert result == ["not a regular file (FIFO)"]
 
 
 def test_size_limit_uses_the_reported_size_and_exact_boundary(tmp_path):

@@ -174,7 +174,7 @@ def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
 
 # How a local path that is not a regular file is named in its errors.tsv row.
 _SPECIAL_FILES = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                  (stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"))
+                  (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
 _READ_CHUNK = 4 * 1024 * 1024
 
 
