@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.decode import RESIZE_MODES
 from transforms.inference import PIXEL_SCALES, POOLS
+from transforms.items import DEFAULT_MAX_IMAGE_BYTES
 from transforms.sources import COMPRESSIONS
 from transforms.write import TENSOR_FORMATS
 
@@ -119,6 +120,11 @@ class ProjectorOptions(PipelineOptions):
                        "Projector: .bytes tensors, projector_config.json and index.html")
 
         g = parser.add_argument_group("failures")
+        g.add_argument("--max_image_bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
+                       help="an image file (or TFRecord image) larger than this is an "
+                       "errors.tsv row and is never read past this many bytes + 1 (256 MiB: "
+                       "the raw size of an 8-bit RGB image at Pillow's pixel limit, which "
+                       "no photo's file reaches)")
         g.add_argument("--max_error_fraction", type=float, default=0.1,
                        help="fail the job, publishing nothing, when more of the sampled "
                        "items fail (errors.tsv lists them)")

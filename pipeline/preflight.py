@@ -4,13 +4,16 @@ Each failure is one line that says what to fix, so a typo costs seconds,
 not a cluster start-up.
 """
 import math
+import os
+import re
 import uuid
 from typing import NamedTuple, Optional, Tuple
 
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import MAX_TILE, MIN_TILE
-from transforms import projector, sources
+from transforms import projector, sources, write
 from transforms.inference import ModelSpec, shared_embedding_model
 
 
@@ -28,6 +31,7 @@ class Plan(NamedTuple):
     sample_size: int                   # max_items plus a margin for failures
     label_index: Optional[int]
     source: Optional[sources.SourceSpec] = None   # the input's kind and how to read it
+    run_id: str = ""                   # names this run in the logdir's manifest
 
 
 def failure_margin(max_items: int, max_error_fraction: float) -> int:
@@ -36,7 +40,17 @@ def failure_margin(max_items: int, max_error_fraction: float) -> int:
     return int(math.ceil(max_items * max_error_fraction / max(1e-9, 1 - max_error_fraction))) + 1
 
 
-def _check_output(output: str) -> None:
+def _check_output(output: str, names=write.root_files(True, False)) -> None:
+    """Writable, no glob characters, and none of ``names`` (the root files
+    this run writes) is a file beam-projector did not write."""
+    globs = write.glob_chars(output)
+    if globs:
+        # Beam's FileSystems.match/delete would read the path as a pattern and
+        # could reach sibling folders: refused rather than escaped, since each
+        # filesystem escapes differently (or not at all).
+        raise UsageError(f"--output {output} contains the glob character(s) {globs!r}; "
+                         "Beam's file systems treat them as patterns, so choose a name "
+                         "without * ? [")
     probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
     try:
         if "://" not in output:
@@ -46,6 +60,39 @@ def _check_output(output: str) -> None:
         FileSystems.delete([probe])
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"--output {output} is not writable: {e}") from None
+    try:
+        write.check_output_owned(output, names)
+    except write.OwnershipError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_not_inside_input(output: str, source) -> None:
+    """A folder input must not hold the logdir: a second run would embed its
+    own preview and sprites. Refused when the input folder contains --output,
+    or the input glob matches a file the tool writes there."""
+    if source is None or source.kind != "folder":
+        return
+    out = output.rstrip("/")
+    if source.root:
+        root = source.root.rstrip("/")
+        if "://" not in out:
+            out, root = os.path.realpath(out), os.path.realpath(root)
+        if out == root or out.startswith(root + "/"):
+            raise UsageError(f"--output {output} is inside the input folder {source.root}; "
+                             "a later run would read its own preview and sprites as input "
+                             "images: write the logdir outside the input folder")
+        return
+    glob = source.pattern
+    if "://" not in glob and "://" not in output:
+        glob, output = os.path.abspath(glob), os.path.abspath(output)
+    pattern = re.compile(FileSystem.translate_pattern(glob))
+    ours = [FileSystems.join(output, write.PREVIEW_NAME),
+            FileSystems.join(output, write.DATA_PREFIX + "0" * 16, write.SPRITE_NAME)]
+    for path in ours:
+        if pattern.match(path):
+            raise UsageError(f"--input {source.pattern} matches {path}, a file this run "
+                             "writes; a later run would embed its own output: write the "
+                             "logdir where the input pattern does not reach")
 
 
 def make_plan(po) -> Plan:
@@ -91,11 +138,15 @@ def make_plan(po) -> Plan:
         model = shared_embedding_model(spec)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    _check_output(po.output)
+    if po.max_image_bytes is None or po.max_image_bytes < 1:
+        raise UsageError(f"--max_image_bytes must be at least 1, got {po.max_image_bytes}")
+    _check_not_inside_input(po.output, source)
+    _check_output(po.output, write.root_files(not po.no_preview, po.standalone))
 
     margin = failure_margin(po.max_items, po.max_error_fraction)
     return Plan(
         input_paths=source.paths, columns=columns, model=spec,
         model_size=tuple(model.input_size[:2]), tensor_names=tuple(model.names),
         tile=projector.tile_size_for(po.max_items, po.tile_size),
-        sample_size=po.max_items + margin, label_index=label_index, source=source)
+        sample_size=po.max_items + margin, label_index=label_index, source=source,
+        run_id=uuid.uuid4().hex)

@@ -16,9 +16,10 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.write import SUMMARY_NAME  # one name for the writer and the launcher
+
 LOG = logging.getLogger("beam-projector")
 
-SUMMARY_NAME = "run_summary.json"
 COUNTERS = ("read", "sampled", "decoded", "failed", "embedded", "written")
 
 
@@ -214,10 +215,14 @@ def read_counters(result, namespace: str = "projector") -> dict:
     return out
 
 
+def summary_bytes(summary: dict) -> bytes:
+    return json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
+
+
 def write_summary(output: str, summary: dict) -> str:
     """Write ``run_summary.json`` into the logdir (any Beam filesystem)."""
     path = FileSystems.join(output, SUMMARY_NAME)
-    data = json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
+    data = summary_bytes(summary)
     with FileSystems.create(path, mime_type="application/json") as f:
         f.write(data)
     return path

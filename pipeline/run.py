@@ -3,6 +3,7 @@
 Validates everything on the launcher (``preflight``), composes the graph
 (``build``) and runs it on whatever runner the Beam options name.
 """
+import json
 import logging
 import re
 import sys
@@ -10,6 +11,7 @@ import time
 from typing import List, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
                                                   StandardOptions)
 
@@ -17,7 +19,7 @@ from pipeline.config import expand_config
 from pipeline.options import ProjectorOptions, format_beam_help, format_help, help_requested
 from pipeline.preflight import Plan, UsageError, failure_margin, make_plan
 from pipeline.progress import (COUNTERS, LogProgress, end_live_line, large_tsv_hint,
-                               read_counters, write_summary)
+                               read_counters, summary_bytes)
 from pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
 from transforms.decode import ThumbnailImages
 from transforms.inference import EmbedImages
@@ -25,7 +27,7 @@ from transforms.items import order_key
 from transforms.projector import tile_size_for
 from transforms.sampling import KeepFirstPerLabel, SampleItems
 from transforms.sources import ReadImageRefs
-from transforms.write import WriteProjectorLogdir, WriterConfig
+from transforms.write import SUMMARY_NAME, WriteProjectorLogdir, WriterConfig, update_summary
 
 LOG = logging.getLogger("beam-projector")
 
@@ -62,7 +64,8 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     to the cut, thumbnails with them after it, vectors into the writer. The
     model-sized decode happens inside the embedding stage (flat memory).
     """
-    refs, read_errors = p | "ReadInput" >> ReadImageRefs(plan.source)
+    refs, read_errors = p | "ReadInput" >> ReadImageRefs(
+        plan.source, max_record_bytes=po.max_image_bytes)
     refs = refs | "ProgressRead" >> LogProgress("read")
     # Each label's quota gets the same kind of failure margin as the total.
     per_label = po.max_per_label
@@ -79,7 +82,8 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
             | "TileSize" >> beam.Map(_tile_for, po.max_items, po.tile_size))
     checked, decode_errors = (sampled
                               | "Spread" >> beam.Reshuffle()
-                              | "Thumbnail" >> ThumbnailImages(tile))
+                              | "Thumbnail" >> ThumbnailImages(
+                                  tile, max_bytes=po.max_image_bytes))
     checked = checked | "ProgressDecoded" >> LogProgress("decoded")
     if per_label:
         checked = checked | "KeepFirstPerLabel" >> KeepFirstPerLabel(
@@ -93,7 +97,7 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     last_key = first_keys | "LastKept" >> beam.Map(_nth_key)
     selected = checked | "KeepFirstN" >> beam.Filter(_within, beam.pvalue.AsSingleton(last_key))
     embedded, embed_errors = selected | "Embed" >> EmbedImages(
-        plan.model, plan.model_size, po.batch_size, po.resize)
+        plan.model, plan.model_size, po.batch_size, po.resize, max_bytes=po.max_image_bytes)
     # total: how many go to the model (= len(first_keys), known before the
     # first model call; a Count of `selected` would hold the progress step
     # back until every image is embedded, since it waits on that side input).
@@ -103,7 +107,9 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     cfg = WriterConfig(output=po.output, columns=plan.columns, tensor_names=plan.tensor_names,
                        tile=po.tile_size, max_items=po.max_items,
                        max_error_fraction=po.max_error_fraction, tensor_format=po.tensor_format,
-                       preview=not po.no_preview, standalone=po.standalone)
+                       preview=not po.no_preview, standalone=po.standalone,
+                       run_id=plan.run_id,
+                       options_json=json.dumps(_options_used(po), sort_keys=True, default=str))
     return (embedded, errors) | "WriteLogdir" >> WriteProjectorLogdir(cfg)
 
 
@@ -169,14 +175,21 @@ def run(argv: Optional[List[str]] = None) -> dict:
     summary["seconds"] = round(time.time() - started, 2)
     if not summary["written"]:
         raise RuntimeError(f"nothing was written to {po.output}; counts: {summary}")
+    # The writer already put a run_summary.json beside the outputs before its
+    # config swap; this adds Beam's counters and timings, unless a later run
+    # has published over this one meanwhile.
     record = {
-        "counters": {k: summary[k] for k in COUNTERS}, "all_counters": counts,
-        "options": _options_used(options), "pipeline_seconds": summary["seconds"],
+        "run_id": plan.run_id, "counters": {k: summary[k] for k in COUNTERS},
+        "all_counters": counts, "options": _options_used(options),
+        "pipeline_seconds": summary["seconds"],
         "wall_seconds": round(time.time() - run_started, 2)}
     if plan.source is not None and plan.source.tfds:
         record["tfds"] = summary["tfds"] = dict(plan.source.tfds)
-    path = write_summary(po.output, record)
-    LOG.debug("run summary written to %s", path)
+    try:
+        if update_summary(po.output, plan.run_id, summary_bytes(record)):
+            LOG.debug("run summary written to %s", FileSystems.join(po.output, SUMMARY_NAME))
+    except Exception as e:  # noqa: BLE001 - published; the writer's summary stays
+        LOG.warning("published, but the full run summary was not written: %s", e)
     hint = large_tsv_hint(po.output, po.tensor_format)
     if hint:
         LOG.warning(hint)

@@ -79,9 +79,15 @@ def old_logdir(digits, model_path, tmp_path_factory):
     return out
 
 
-def assert_old_logdir_intact(logdir, before):
+def assert_old_logdir_intact(logdir, before, extras_swapped=False):
+    """``extras_swapped``: killed between renaming the extras (errors.tsv,
+    preview, summary) into place and the config rename that comes last."""
     after = snapshot(logdir)
     for rel, data in before.items():
+        if rel == write.MANIFEST_NAME:
+            continue   # a run claims its folder and files there before writing them
+        if extras_swapped and rel in write.ROOT_FILES and rel != write.CONFIG_NAME:
+            continue
         assert after.get(rel) == data, f"{rel} changed"
     old = referenced_folder(logdir)
     for rel in set(after) - set(before):
@@ -114,7 +120,7 @@ def test_kill_at_every_publish_step_leaves_the_old_logdir(old_logdir, digits, mo
         assert proc.returncode == -signal.SIGKILL, (when, err.decode()[-2000:])
         leftovers = set(snapshot(logdir)) - set(before)
         assert leftovers, f"{when}: the kill came before the publish step started"
-        assert_old_logdir_intact(logdir, before)
+        assert_old_logdir_intact(logdir, before, extras_swapped=when == "config")
     # still served, as the 20-point projector it was, even beside a complete
     # but never swapped-in config and data folder
     check_live_projector(runs["config"][0], n=20, dims={"embedding": 8}, tile=16)
@@ -125,8 +131,30 @@ def test_kill_at_every_publish_step_leaves_the_old_logdir(old_logdir, digits, mo
     data = [d for d in os.listdir(logdir) if d.startswith(write.DATA_PREFIX)]
     assert data == [referenced_folder(logdir)]
     assert not [n for n in os.listdir(logdir) if ".tmp-" in n]
+    manifest = write.read_manifest(logdir)
+    assert manifest["data"] == data and manifest["pending"] == []
     assert sorted(os.listdir(os.path.join(logdir, data[0]))) == sorted(
         ["feature_vecs.tsv", "metadata.tsv", "sprite.png"])  # tsv: the default
+
+
+# Blocks the read of one image on a named pipe (read_bytes itself refuses
+# FIFOs without opening them), so the run is provably inside Decode.
+BLOCKER = r'''
+import sys
+from transforms import decode
+
+real = decode.read_bytes
+
+def read_bytes(ref, *args, **kwargs):
+    if ref.endswith("blocking.png"):
+        with open(ref, "rb") as f:   # blocks until the test opens the writer end
+            f.read()
+    return real(ref, *args, **kwargs)
+
+decode.read_bytes = read_bytes
+from pipeline.run import main
+sys.exit(main(sys.argv[1:]))
+'''
 
 
 def test_kill_mid_decode_leaves_the_old_logdir_untouched(old_logdir, digits, model_path,
@@ -143,9 +171,11 @@ def test_kill_mid_decode_leaves_the_old_logdir_untouched(old_logdir, digits, mod
     base = os.path.dirname(csv_path)
     data.write_text("path,label\n" + "".join(f"{os.path.join(base, r['path'])},{r['label']}\n"
                                              for r in rows) + f"{fifo},pipe\n")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
+    script = tmp_path / "blocker.py"
+    script.write_text(BLOCKER)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.run", "--input", str(data), "--model", model_path,
+        [sys.executable, str(script), "--input", str(data), "--model", model_path,
          "--output", logdir, "--max_items", "100", "--tile_size", "16"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     writer = None
@@ -187,6 +217,12 @@ def test_a_partial_orphan_with_the_same_digest_is_rewritten(tmp_path):
     os.makedirs(folder)
     with open(os.path.join(folder, write.SPRITE_NAME), "wb") as f:
         f.write(b"\x89PNG half")                    # what a killed run left
+    # unclaimed, it could be anyone's: refused, untouched
+    with pytest.raises(write.OwnershipError, match=write.DATA_PREFIX + assets.digest):
+        write.publish(assets, cfg, [])
+    assert os.listdir(folder) == [write.SPRITE_NAME]
+    # claimed in the manifest first, as a killed run does before writing
+    write._write_manifest(cfg.output, [], [write.DATA_PREFIX + assets.digest], ["dead"], "x")
     write.publish(assets, cfg, [])
     for asset in assets.files:
         assert open(os.path.join(folder, asset.name), "rb").read() == write.asset_bytes(asset)

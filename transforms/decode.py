@@ -11,9 +11,11 @@ can go wrong with one image becomes a dead-letter row, never an exception
 that kills the job.
 """
 import collections
+import errno
 import io
 import os
 import re
+import stat
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Tuple
@@ -21,10 +23,12 @@ from typing import Optional, Tuple
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image, ImageFile, ImageOps
 
-from transforms.items import ErrorRow, ImageRef, Thumbnail, Thumbnailed
+from transforms.items import (DEFAULT_MAX_IMAGE_BYTES, ErrorRow, ImageRef, Thumbnail,
+                              Thumbnailed)
 from transforms.projector import fit_within
 
 ERRORS_TAG = "errors"
@@ -270,12 +274,72 @@ def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
     return model_input(data, model_size, resize_mode), make_thumbnail(data, tile)
 
 
-def read_bytes(ref: str) -> bytes:
-    """Whole file through FileSystems, so gs://, s3:// and local all work.
-    Raises ImageError with a one-line reason when the file cannot be read."""
+# How a local path that is not a regular file is named in its errors.tsv row.
+_SPECIAL_FILES = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                  (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
+_READ_CHUNK = 4 * 1024 * 1024
+
+
+def _is_local(ref: str) -> bool:
+    try:
+        return isinstance(FileSystems.get_filesystem(ref), LocalFileSystem)
+    except ValueError:   # unknown scheme: FileSystems.open says so below
+        return False
+
+
+def _size_before_open(ref: str) -> Optional[int]:
+    """The size the file system reports, checked before anything is opened.
+
+    Local paths are stat'ed (following symlinks): a character device
+    (/dev/zero), FIFO (whose open would block), socket or symlink loop is
+    refused here without ever being opened. Other file systems report their
+    object size when they can; None when unknown.
+    """
+    if not _is_local(ref):
+        try:
+            return FileSystems.get_filesystem(ref).metadata(ref).size_in_bytes
+        except Exception:  # noqa: BLE001 - unknown: the bounded read still protects
+            return None
+    try:
+        st = os.stat(ref)
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError("symlink loop (too many levels of symbolic links)") from None
+        raise ImageError(f"cannot read file: {type(e).__name__}: {e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError("is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(st.st_mode)), "special file")
+        raise ImageError(f"not a regular file ({kind})")
+    return st.st_size
+
+
+def read_bytes(ref: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+    """The file through FileSystems (gs://, s3://, local), at most ``max_bytes``.
+
+    Raises ImageError with a one-line reason when the file cannot be read, is
+    not a regular file, or is larger than ``max_bytes``: by the size the file
+    system reports, and in any case the read stops at ``max_bytes`` + 1, so a
+    source that lies about its size (or reports 0) cannot grow memory.
+    """
+    size = _size_before_open(ref)
+    if size is not None and size > max_bytes:
+        raise ImageError(f"file too large: {size} bytes > {max_bytes}")
     try:
         with FileSystems.open(ref, compression_type="uncompressed") as f:
-            return f.read()
+            chunks, total = [], 0
+            want = min(size if size is not None else _READ_CHUNK, max_bytes) + 1
+            while total <= max_bytes:
+                chunk = f.read(min(want, max_bytes + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+                want = _READ_CHUNK
     except FileNotFoundError:
         raise ImageError("file not found") from None
     except IsADirectoryError:
@@ -284,6 +348,10 @@ def read_bytes(ref: str) -> bytes:
         raise ImageError("permission denied") from None
     except OSError as e:
         raise ImageError(f"cannot read file: {type(e).__name__}: {e}") from None
+    if total > max_bytes:
+        raise ImageError(f"file too large: more than {max_bytes} bytes read > {max_bytes} "
+                         f"(the file system reported {size if size is not None else 'no size'})")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def release_free_memory() -> None:
@@ -300,11 +368,11 @@ def release_free_memory() -> None:
         pass
 
 
-def _thumbnail_one(item: ImageRef, tile: int):
+def _thumbnail_one(item: ImageRef, tile: int, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
     """Thumbnailed or ErrorRow for one item; never raises."""
     stage = "read"
     try:
-        data = item.content if item.content is not None else read_bytes(item.ref)
+        data = item.content if item.content is not None else read_bytes(item.ref, max_bytes)
         stage = "decode"
         thumb = make_thumbnail(data, tile)
     except Exception as e:  # noqa: BLE001 - any failure is this image's, not the job's
@@ -325,7 +393,8 @@ class ThumbnailImagesFn(beam.DoFn):
     own thread: Beam's metrics context does not follow into pool threads.
     """
 
-    def __init__(self, threads: int = 0):
+    def __init__(self, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+        self._max_bytes = max_bytes
         self._threads = threads
         self._decoded = beam.metrics.Metrics.counter("projector", "decoded")
         self._failed = beam.metrics.Metrics.counter("projector", "failed_decode")
@@ -340,7 +409,8 @@ class ThumbnailImagesFn(beam.DoFn):
             self._pool.shutdown(wait=False)
 
     def process(self, batch, tile):
-        for result in self._pool.map(lambda item: _thumbnail_one(item, tile), batch):
+        for result in self._pool.map(
+                lambda item: _thumbnail_one(item, tile, self._max_bytes), batch):
             if isinstance(result, ErrorRow):
                 self._failed.inc()
                 yield beam.pvalue.TaggedOutput(ERRORS_TAG, result)
@@ -362,10 +432,10 @@ class ThumbnailImages(beam.PTransform):
     ``tile`` is an int or a PCollection holding one int.
     """
 
-    def __init__(self, tile, threads: int = 0):
+    def __init__(self, tile, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         super().__init__()
         self._tile = tile
-        self._fn = ThumbnailImagesFn(threads)
+        self._fn = ThumbnailImagesFn(threads, max_bytes)
 
     def expand(self, items):
         tile = (beam.pvalue.AsSingleton(self._tile)
@@ -376,11 +446,12 @@ class ThumbnailImages(beam.PTransform):
         return out.ok, out[ERRORS_TAG]
 
 
-def _model_input_one(element: Thumbnailed, model_size, resize_mode):
+def _model_input_one(element: Thumbnailed, model_size, resize_mode,
+                     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
     """(element, pixels) or (element, ErrorRow); never raises."""
     item = element.item
     try:
-        data = item.content if item.content is not None else read_bytes(item.ref)
+        data = item.content if item.content is not None else read_bytes(item.ref, max_bytes)
         return element, model_input(data, model_size, resize_mode)
     except Exception as e:  # noqa: BLE001
         # The image decoded moments ago in ThumbnailImages: the file changed
@@ -402,7 +473,8 @@ class DecodeForModelFn(beam.DoFn):
     """
 
     def __init__(self, model_size: Tuple[int, int], resize_mode: str = "pad",
-                 ahead: int = 64, threads: int = 0):
+                 ahead: int = 64, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+        self._max_bytes = max_bytes
         self._model_size = tuple(model_size)
         self._resize_mode = resize_mode
         self._ahead = max(1, ahead)
@@ -425,7 +497,8 @@ class DecodeForModelFn(beam.DoFn):
 
     def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         self._pending.append((self._pool.submit(
-            _model_input_one, element, self._model_size, self._resize_mode), window, timestamp))
+            _model_input_one, element, self._model_size, self._resize_mode, self._max_bytes),
+            window, timestamp))
         while len(self._pending) > self._ahead:
             yield from self._emit(*self._pending.popleft(), windowed=False)
 

@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from transforms.decode import DecodeForModelFn
-from transforms.items import Embedded, ErrorRow
+from transforms.items import DEFAULT_MAX_IMAGE_BYTES, Embedded, ErrorRow
 
 PIXEL_SCALES = ("raw", "unit", "symmetric")
 # --pool: how an output with spatial axes (batch, H, W, C) becomes one vector
@@ -395,10 +395,11 @@ class EmbedImages(beam.PTransform):
     """
 
     def __init__(self, spec: ModelSpec, model_size: Tuple[int, int], batch_size: int = 32,
-                 resize_mode: str = "pad"):
+                 resize_mode: str = "pad", max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         super().__init__()
         self._handler = KeyedModelHandler(EmbeddingModelHandler(spec, batch_size))
-        self._decode = DecodeForModelFn(model_size, resize_mode, ahead=2 * batch_size)
+        self._decode = DecodeForModelFn(model_size, resize_mode, ahead=2 * batch_size,
+                                        max_bytes=max_bytes)
 
     def expand(self, thumbnailed):
         ok = beam.metrics.Metrics.counter("projector", "embedded")

@@ -5,8 +5,13 @@ make each stage's contract visible in one place.
 """
 from typing import NamedTuple, Optional, Tuple
 
-# The largest encoded image (or TFRecord record) read into memory: no real photo
-# comes near it, and a bigger one would be a worker's memory for one item.
+# --max_image_bytes default: 256 MiB is the raw size of an 8-bit RGB image at
+# Pillow's pixel limit (Image.MAX_IMAGE_PIXELS = 89,478,485 px x 3 bytes =
+# 256 MiB - 1), which the decoder refuses anyway; compressed photos are far
+# smaller (a 100-megapixel JPEG is about 30-60 MB). A larger file is a scan
+# with 16-bit or alpha channels at best, and not worth a worker's memory.
+# Every image read (files, and TFRecord records carrying image bytes) stops
+# at this many bytes + 1.
 DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
 

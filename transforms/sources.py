@@ -888,16 +888,17 @@ class ReadImageFolder(beam.PTransform):
 class ReadImageRefs(beam.PTransform):
     """Any input kind -> (ImageRefs, errors): the reader ``spec.kind`` names."""
 
-    def __init__(self, spec: SourceSpec):
+    def __init__(self, spec: SourceSpec, max_record_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         super().__init__()
         self._spec = spec
+        self._max_record_bytes = max_record_bytes
 
     def expand(self, pbegin):
         spec = self._spec
         if spec.kind == "csv":
             return pbegin | "Csv" >> ReadCsv(spec.paths, spec.image_column)
         if spec.kind == "tfrecord":
-            return pbegin | "TFRecord" >> ReadTFRecordExamples(spec)
+            return pbegin | "TFRecord" >> ReadTFRecordExamples(spec, self._max_record_bytes)
         if spec.kind == "folder":
             return pbegin | "Folder" >> ReadImageFolder(spec)
         raise ValueError(f"unknown input kind {spec.kind!r}; expected one of {INPUT_KINDS}")

@@ -3,14 +3,19 @@
 Everything meets here, sorted by the sample key, so tensor row i, metadata row
 i and sprite tile i are the same image on every runner. Assets are written to
 a fresh content-addressed folder (``data-<digest>/``) that nothing references
-yet; the config is then replaced in one rename. A run that fails or is killed
-before that rename leaves the previous logdir exactly as TensorBoard knew it.
+yet, every extra (errors.tsv, preview, standalone export, run summary) is
+staged beside its final name, and the config is renamed in last. A run that
+fails or is killed before that rename leaves the previous logdir as
+TensorBoard knew it. Only what the manifest (``.beam-projector-manifest.json``)
+lists is ever replaced or deleted: see ``publish``.
 """
 import hashlib
 import io
+import json
 import logging
 import posixpath
 import re
+import uuid
 from typing import BinaryIO, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -20,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import preview, projector, standalone
 from transforms.decode import release_free_memory
 from transforms.items import Embedded, ErrorRow, order_key
+from transforms.lock import PublishLock, is_local
 
 LOG = logging.getLogger(__name__)
 CONFIG_NAME = "projector_config.pbtxt"
@@ -50,6 +56,8 @@ class WriterConfig(NamedTuple):
     tensor_format: str = "tsv"
     preview: bool = True        # preview.png at the root
     standalone: bool = False    # .bytes tensors + projector_config.json + index.html
+    run_id: str = ""            # names this run in run_summary.json and its temp files
+    options_json: str = ""      # the options used, for run_summary.json
 
 
 def join(base: str, *parts: str) -> str:
@@ -256,63 +264,353 @@ def _referenced_data_dir(config_text: Optional[str]) -> Optional[str]:
     return m.group(1) if m else None
 
 
+# --- what the tool owns in a logdir, and the publish step ------------------------------
+
+MANIFEST_NAME = ".beam-projector-manifest.json"
+SUMMARY_NAME = "run_summary.json"
+# A one-event TensorBoard event file: it makes the logdir a *run*, so a
+# projector written to a sub-folder of a training logdir shows up as its own
+# run there (TensorBoard lists only folders holding event files, besides the
+# root). Fixed wall time: the file is the same on every run.
+EVENTS_NAME = "events.out.tfevents.0.beam-projector"
+# Every root file a run may write, in the order a publish renames them into
+# place: the extras first, the TensorBoard config last, since the config swap
+# is what makes a run visible.
+ROOT_FILES = (EVENTS_NAME, ERRORS_NAME, standalone.BUNDLE_NAME, standalone.INDEX_NAME, PREVIEW_NAME,
+              SUMMARY_NAME, standalone.STANDALONE_CONFIG_NAME, CONFIG_NAME)
+# Beam's FileSystems.match and LocalFileSystem.delete read these as a pattern.
+GLOB_CHARS = "*?["
+_DATA_FOLDER = re.compile(r"^data-[0-9a-f]{16}$")
+_TAG = re.compile(r"^[0-9a-zA-Z]{1,64}$")
+
+
+class OwnershipError(ValueError):
+    """The logdir holds a file beam-projector did not write where a run would write."""
+
+
+class PublishError(RuntimeError):
+    """Writing the logdir failed; the message names the path and what was undone."""
+
+
+def root_files(preview_png: bool, standalone_export: bool) -> Tuple[str, ...]:
+    """The root files one run writes, in publish order."""
+    names = {EVENTS_NAME, ERRORS_NAME, SUMMARY_NAME, CONFIG_NAME}
+    if preview_png:
+        names.add(PREVIEW_NAME)
+    if standalone_export:
+        names |= {standalone.BUNDLE_NAME, standalone.INDEX_NAME,
+                  standalone.STANDALONE_CONFIG_NAME}
+    return tuple(n for n in ROOT_FILES if n in names)
+
+
+def glob_chars(path: str) -> str:
+    """The glob characters in ``path`` (empty when none)."""
+    return "".join(c for c in GLOB_CHARS if c in path)
+
+
+def read_manifest(out: str) -> dict:
+    """The logdir's manifest: {"files", "data", "pending", "exists"}.
+
+    Only names the tool itself could have written survive validation (known
+    root files, ``data-<16 hex>`` folders, alphanumeric temp tags), so an
+    edited manifest can never make a run delete anything else.
+    """
+    path = join(out, MANIFEST_NAME)
+    try:
+        text = read_text(path)
+    except Exception as e:  # noqa: BLE001
+        raise OwnershipError(f"cannot read {path}: {e}") from None
+    if text is None:
+        return {"files": [], "data": [], "pending": [], "exists": False}
+    try:
+        raw = json.loads(text)
+        files, data = list(raw["files"]), list(raw["data"])
+        pending = list(raw.get("pending", []))
+    except (ValueError, KeyError, TypeError):
+        raise OwnershipError(f"{path} is not a beam-projector manifest; move it away or "
+                             "write to another --output") from None
+    return {"files": sorted({f for f in files if f in ROOT_FILES}),
+            "data": sorted({d for d in data if isinstance(d, str) and _DATA_FOLDER.match(d)}),
+            "pending": sorted({t for t in pending if isinstance(t, str) and _TAG.match(t)}),
+            "exists": True}
+
+
+def _write_manifest(out: str, files, data, pending, tag: str) -> None:
+    # No run id or time: the same run gives the same logdir byte for byte.
+    body = {"tool": "beam-projector", "version": 1,
+            "comment": "what beam-projector wrote here; it deletes or replaces only these",
+            "files": sorted(set(files)), "data": sorted(set(data)),
+            "pending": sorted(set(pending))}
+    _replace(join(out, MANIFEST_NAME), (json.dumps(body, indent=2) + "\n").encode(), tag)
+
+
+def foreign_files(out: str, names: Sequence[str], manifest: dict) -> List[str]:
+    """Those of ``names`` present in ``out`` that the manifest does not list."""
+    owned = set(manifest["files"])
+    return [n for n in names if n not in owned and FileSystems.exists(join(out, n))]
+
+
+def _foreign_message(out: str, foreign: Sequence[str], manifest: dict) -> str:
+    msg = (f"--output {out} already holds {', '.join(foreign)}, which beam-projector did "
+           f"not write and never replaces; write to a sub-folder instead, e.g. --output "
+           f"{join(out, 'projector')} (TensorBoard shows it as its own run)")
+    if CONFIG_NAME in foreign and not manifest["exists"]:
+        try:
+            legacy = _referenced_data_dir(read_text(join(out, CONFIG_NAME)))
+        except Exception:  # noqa: BLE001 - the hint is optional
+            legacy = None
+        if legacy and _DATA_FOLDER.match(legacy):
+            msg += (f"; if an earlier beam-projector version wrote it, delete {CONFIG_NAME} "
+                    f"and {legacy}/ to let this version take the folder over")
+    return msg
+
+
+def check_output_owned(out: str, names: Sequence[str]) -> None:
+    """Raise OwnershipError when a root file this run would write exists and
+    beam-projector did not write it (preflight: before any work)."""
+    manifest = read_manifest(out)
+    foreign = foreign_files(out, names, manifest)
+    if foreign:
+        raise OwnershipError(_foreign_message(out, foreign, manifest))
+
+
+def _describe(e: Exception) -> str:
+    """An OSError (also when Beam wraps it in BeamIOError) as '[Errno N] text'."""
+    inner = getattr(e, "exception_details", None)
+    if isinstance(inner, dict) and inner:
+        e = next(iter(inner.values()))
+    while isinstance(e, OSError) and e.errno is None and e.args and isinstance(e.args[0], OSError):
+        e = e.args[0]   # LocalFileSystem wraps an OSError in IOError(err)
+    if isinstance(e, OSError) and e.errno is not None:
+        return f"[Errno {e.errno}] {e.strerror}"
+    return f"{type(e).__name__}: {e}"
+
+
+def _write(path: str, data: bytes) -> None:
+    try:
+        write_bytes(path, data)
+    except Exception as e:  # noqa: BLE001 - name the path, whatever the filesystem raised
+        raise PublishError(f"cannot write {path}: {_describe(e)}") from e
+
+
+def _write_stream(path: str, write: Callable[[BinaryIO], None]) -> None:
+    try:
+        write_stream(path, write)
+    except Exception as e:  # noqa: BLE001 - name the path, whatever the filesystem raised
+        raise PublishError(f"cannot write {path}: {_describe(e)}") from e
+
+
+def _replace(path: str, data: bytes, tag: str) -> None:
+    try:
+        replace_file(path, data, tag)
+    except Exception as e:  # noqa: BLE001
+        _try_delete([path + f".tmp-{tag}"])
+        raise PublishError(f"cannot write {path}: {_describe(e)}") from e
+
+
+def _delete(paths: Sequence[str]) -> None:
+    """Delete exact paths the tool built itself; never a pattern (LocalFileSystem
+    and object stores match each path as a glob, so none may hold one)."""
+    for p in paths:
+        assert not glob_chars(p), p
+    if paths:
+        FileSystems.delete(list(paths))
+
+
+def _folder_path(out: str, folder: str) -> str:
+    # deleting a local folder path removes it recursively; object stores
+    # delete a prefix given with a trailing "/"
+    path = join(out, folder)
+    return path if is_local(out) else path + "/"
+
+
+def _folder_exists(out: str, folder: str) -> bool:
+    path = join(out, folder)
+    if is_local(out):
+        return FileSystems.exists(path)
+    try:
+        return bool(FileSystems.match([path + "/**"], limits=[1])[0].metadata_list)
+    except Exception:  # noqa: BLE001 - nothing listed under the prefix
+        return False
+
+
+def _try_delete(paths: Sequence[str]) -> List[str]:
+    """Delete what exists of ``paths``; returns those that could not be deleted."""
+    failed = []
+    for p in paths:
+        try:
+            if (_folder_exists(*p.rstrip("/").rsplit("/", 1)) if p.endswith("/")
+                    else FileSystems.exists(p)):
+                _delete([p])
+        except Exception:  # noqa: BLE001 - kept in the manifest, swept next time
+            LOG.warning("could not delete %s; the next run retries", p, exc_info=True)
+            failed.append(p)
+    return failed
+
+
+def _temp_paths(out: str, tag: str) -> List[str]:
+    return [join(out, name + f".tmp-{tag}") for name in ROOT_FILES + (MANIFEST_NAME,)]
+
+
+def _root_payloads(assets: Assets, cfg: WriterConfig, folder: str, config: str,
+                   reported_errors: Sequence[ErrorRow]) -> List[Tuple[str, bytes]]:
+    """Every root file this run writes, in publish order (the config last)."""
+    out = {EVENTS_NAME: events_file(), ERRORS_NAME: errors_tsv(reported_errors),
+           CONFIG_NAME: config.encode("utf-8"),
+           SUMMARY_NAME: _writer_summary(assets, cfg, reported_errors)}
+    if assets.preview_png is not None:
+        out[PREVIEW_NAME] = assets.preview_png
+    if assets.standalone_tensors:
+        out[standalone.BUNDLE_NAME] = _projector_bundle()
+        out[standalone.INDEX_NAME] = standalone.index_html().encode("utf-8")
+        out[standalone.STANDALONE_CONFIG_NAME] = standalone.config_json(
+            [(name, shape, posixpath.join(folder, path))
+             for name, shape, path in assets.standalone_tensors],
+            posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME),
+            assets.tile).encode("utf-8")
+    return [(name, out[name]) for name in ROOT_FILES if name in out]
+
+
+def events_file() -> bytes:
+    """A TFRecord holding one ``Event`` (the file version), as TensorBoard writes."""
+    import struct
+
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    data = Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString()
+    header = struct.pack("<Q", len(data))
+    return (header + struct.pack("<I", masked_crc32c(header)) + data
+            + struct.pack("<I", masked_crc32c(data)))
+
+
+def _writer_summary(assets: Assets, cfg: WriterConfig, reported_errors) -> bytes:
+    """run_summary.json as the writer knows it; the launcher adds Beam's
+    counters and timings after the job (``update_summary``)."""
+    summary = {"run_id": cfg.run_id, "data_folder": DATA_PREFIX + assets.digest,
+               "counters": {"written": int(assets.tensors[0][1][0]) if assets.tensors else 0,
+                            "failed": len(reported_errors)},
+               "options": json.loads(cfg.options_json) if cfg.options_json else {}}
+    return json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
+
+
 def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRow]) -> str:
-    """Write the data folder, then swap the config in. Returns the config text."""
+    """Write the data folder and every extra, then swap the config in. Returns the config text.
+
+    Under the logdir's publish lock (transforms/lock.py) no other run is
+    between these steps, so every data folder and temp file the manifest
+    lists, other than the live one, was left by a run that died or was
+    superseded: the sweep removes exactly those, never a folder or file the
+    manifest does not list. The manifest claims this run's folder and files
+    before any of them appear, so a kill at any point leaves nothing the next
+    run would mistake for a user's file.
+    """
     out = cfg.output
     folder = DATA_PREFIX + assets.digest
-    config_path = join(out, CONFIG_NAME)
-    current = _referenced_data_dir(read_text(config_path))
-    if current != folder:
-        target = join(out, folder)
-        if FileSystems.exists(target):  # an orphan of a killed run: maybe partial
-            FileSystems.delete([target])
-        for asset in assets.files:
-            write_stream(join(target, asset.name), asset.write)
     config = projector.projector_config_text(
         [(name, shape, posixpath.join(folder, path)) for name, shape, path in assets.tensors],
         posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME), assets.tile)
-    replace_file(config_path, config.encode("utf-8"), assets.digest)
-    _publish_extras(assets, out, folder)
-    replace_file(join(out, ERRORS_NAME), errors_tsv(reported_errors), assets.digest)
-    _remove_stale(out, keep=folder)
+    payloads = _root_payloads(assets, cfg, folder, config, reported_errors)
+    names = [n for n, _ in payloads]
+    tag = cfg.run_id if _TAG.match(cfg.run_id or "") else uuid.uuid4().hex
+    with PublishLock(out) as lock:
+        manifest = read_manifest(out)
+        foreign = foreign_files(out, names, manifest)
+        owned_data = set(manifest["data"])
+        live = (_referenced_data_dir(read_text(join(out, CONFIG_NAME)))
+                if CONFIG_NAME in manifest["files"] else None)
+        reuse = live == folder and folder in owned_data and _folder_exists(out, folder)
+        if folder not in owned_data and _folder_exists(out, folder):
+            foreign.append(folder + "/")
+        if foreign:
+            raise OwnershipError(_foreign_message(out, foreign, manifest))
+        renamed = False
+        temps = []
+        try:
+            # claim everything before it appears
+            _write_manifest(out, set(manifest["files"]) | set(names), owned_data | {folder},
+                            set(manifest["pending"]) | {tag}, tag)
+            if not reuse:
+                if _folder_exists(out, folder):   # ours, from a run that died: maybe partial
+                    _delete([_folder_path(out, folder)])
+                for asset in assets.files:
+                    _write_stream(join(out, folder, asset.name), asset.write)
+                    lock.renew()
+            for name, data in payloads:
+                tmp = join(out, name + f".tmp-{tag}")
+                temps.append(tmp)
+                try:
+                    write_bytes(tmp, data)
+                except Exception as e:  # noqa: BLE001 - name the file, not its temp
+                    raise PublishError(f"cannot write {join(out, name)}: {_describe(e)}") from e
+            # extras an earlier run wrote and this one does not: gone before the swap
+            gone = [n for n in manifest["files"] if n not in names]
+            undeleted = {n for n in gone if _try_delete([join(out, n)])}
+            for name in names:
+                try:
+                    FileSystems.rename([join(out, name + f".tmp-{tag}")], [join(out, name)])
+                except Exception as e:  # noqa: BLE001
+                    raise PublishError(f"cannot write {join(out, name)}: {_describe(e)}") from e
+                renamed = True
+        except Exception as e:
+            _try_delete(temps)
+            undone = ""
+            if not reuse and not renamed:
+                undone = f"; removed its partial {folder}/" if not _try_delete(
+                    [_folder_path(out, folder)]) else ""
+                try:   # give back the claim
+                    _write_manifest(out, manifest["files"], manifest["data"],
+                                    manifest["pending"], tag)
+                except Exception:  # noqa: BLE001 - the claim is swept by the next run
+                    pass
+            what = ("; the previous projector is still live, beside this attempt's extras"
+                    if renamed else "; nothing published, the previous projector is unchanged")
+            raise PublishError(f"{e if isinstance(e, PublishError) else _describe(e)}"
+                               f"{what}{undone}") from e
+        # the sweep: what died or was superseded, as the manifest lists it
+        kept = {folder}
+        for d in sorted(owned_data - {folder}):
+            if _try_delete([_folder_path(out, d)]):
+                kept.add(d)
+        kept_tags = {t for t in manifest["pending"]
+                     if t != tag and _try_delete(_temp_paths(out, t))}
+        try:
+            _write_manifest(out, set(names) | undeleted, kept, kept_tags, tag)
+        except PublishError as e:   # published; the claim written above still holds
+            LOG.warning("published, but %s; the next run tidies up", e)
     return config
 
 
-def _publish_extras(assets: Assets, out: str, folder: str) -> None:
-    """preview.png and the standalone export, right after the config swap.
+def publish_errors_only(cfg: WriterConfig, rows: Sequence[ErrorRow]) -> None:
+    """errors.tsv for a run that publishes nothing (too many failures)."""
+    out = cfg.output
+    tag = cfg.run_id if _TAG.match(cfg.run_id or "") else uuid.uuid4().hex
+    with PublishLock(out):
+        manifest = read_manifest(out)
+        foreign = foreign_files(out, [ERRORS_NAME], manifest)
+        if foreign:
+            raise OwnershipError(_foreign_message(out, foreign, manifest))
+        if ERRORS_NAME not in manifest["files"]:
+            _write_manifest(out, set(manifest["files"]) | {ERRORS_NAME}, manifest["data"],
+                            manifest["pending"], tag)
+        _replace(join(out, ERRORS_NAME), errors_tsv(rows), tag)
 
-    preview.png sits at the root only, where a bucket listing or an Airflow
-    artifact shows it; nothing references it, so it needs no content-addressed
-    copy, and writing it after the swap means it never shows data the config
-    does not point at yet. A file this run does not produce is removed, so a
-    stale preview or a standalone config naming a deleted folder never lingers.
-    """
-    preview_path = join(out, PREVIEW_NAME)
-    if assets.preview_png is not None:
-        replace_file(preview_path, assets.preview_png, assets.digest)
-    elif FileSystems.exists(preview_path):
-        FileSystems.delete([preview_path])
-    json_path = join(out, standalone.STANDALONE_CONFIG_NAME)
-    index_path = join(out, standalone.INDEX_NAME)
-    bundle_path = join(out, standalone.BUNDLE_NAME)
-    if assets.standalone_tensors:
-        text = standalone.config_json(
-            [(name, shape, posixpath.join(folder, path))
-             for name, shape, path in assets.standalone_tensors],
-            posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME), assets.tile)
-        replace_file(bundle_path, _projector_bundle(), assets.digest)
-        replace_file(index_path, standalone.index_html().encode("utf-8"), assets.digest)
-        replace_file(json_path, text.encode("utf-8"), assets.digest)
-        return
-    stale = [json_path, bundle_path]
-    try:
-        if standalone.INDEX_MARKER in (read_text(index_path) or ""):
-            stale.append(index_path)
-    except UnicodeDecodeError:  # not a page this writer produced
-        pass
-    stale = [p for p in stale if FileSystems.exists(p)]
-    if stale:
-        FileSystems.delete(stale)
+
+def update_summary(out: str, run_id: str, data: bytes) -> bool:
+    """Replace run_summary.json with the launcher's full summary, only while
+    the logdir still shows this run (a later run may have published since)."""
+    with PublishLock(out):
+        if not run_id or SUMMARY_NAME not in read_manifest(out)["files"]:
+            return False
+        path = join(out, SUMMARY_NAME)
+        try:
+            current = json.loads(read_text(path) or "{}").get("run_id")
+        except (ValueError, AttributeError):
+            return False
+        if current != run_id:
+            return False
+        _replace(path, data, run_id if _TAG.match(run_id) else "summary")
+        return True
 
 
 def _projector_bundle() -> bytes:
@@ -322,28 +620,6 @@ def _projector_bundle() -> bytes:
 
     return (importlib.resources.files(standalone.BUNDLE_PACKAGE)
             .joinpath(standalone.BUNDLE_NAME).read_bytes())
-
-
-def _remove_stale(out: str, keep: str) -> None:
-    """Drop data folders no config points at any more, and leftover temp files."""
-    # FileSystems.match lists files, never folders, so a folder is found by
-    # the files inside it ("data-**" matches at any depth, locally and in
-    # object stores). Deleting a local folder path removes it recursively;
-    # object stores delete a prefix given with a trailing "/".
-    try:
-        matches = FileSystems.match([join(out, DATA_PREFIX + "**"), join(out, "*.tmp-*")])
-    except Exception:  # noqa: BLE001 - nothing to clean
-        return
-    stale = set()
-    for m in matches:
-        for meta in m.metadata_list:
-            rel = meta.path[len(out):].lstrip("/")
-            top, sep, _ = rel.partition("/")
-            if top != keep:
-                remote_folder = sep and "://" in out
-                stale.add(join(out, top) + ("/" if remote_folder else ""))
-    if stale:
-        FileSystems.delete(sorted(stale))
 
 
 class _WriteLogdirFn(beam.DoFn):
@@ -359,7 +635,7 @@ class _WriteLogdirFn(beam.DoFn):
         kept, counted, reported = select_for_publish(embedded, errors, cfg.max_items)
         examined = len(kept) + len(counted)
         if not kept or (examined and len(counted) / examined > cfg.max_error_fraction):
-            replace_file(join(cfg.output, ERRORS_NAME), errors_tsv(reported), "failed")
+            publish_errors_only(cfg, reported)
             if not kept:
                 raise TooManyErrors(
                     f"no image could be embedded ({len(reported)} errors); "
