@@ -50,7 +50,7 @@ for k in range(count):
     time.sleep(rng.uniform(0, 0.3))
     n = rng.randint(3, 9)
     items = [Embedded(ImageRef(f"u{i}", f"img{i}.png", None, (f"img{i}.png",), key=i + 1),
-                      Thumbnail(2, 2, bytes([(seed * 7 + i) % 256] * 12)),
+                      Thumbnail.from_rgb(2, 2, bytes([(seed * 7 + i) % 256] * 12)),
                       (np.full(4, seed * 100 + k + i, dtype=np.float32),)) for i in range(n)]
     cfg = write.WriterConfig(output=out, columns=("path",), tensor_names=("emb",), tile=8,
                              max_items=n, tensor_format="binary", run_id=f"r{seed}x{k}")
@@ -233,7 +233,7 @@ def test_concurrent_publishes_on_an_object_store(memtest, monkeypatch):
                 time.sleep(rng.uniform(0, 0.3))
                 n = rng.randint(3, 9)
                 items = [Embedded(ImageRef(f"u{i}", f"i{i}", None, (f"i{i}",), key=i + 1),
-                                  Thumbnail(2, 2, bytes([seed * 20 + i] * 12)),
+                                  Thumbnail.from_rgb(2, 2, bytes([seed * 20 + i] * 12)),
                                   (np.full(4, seed * 10 + k + i, dtype=np.float32),))
                          for i in range(n)]
                 cfg = write.WriterConfig(output=memtest, columns=("path",),

@@ -77,7 +77,7 @@ def test_a_run_that_fills_the_disk_names_the_file_and_removes_its_folder(
 
 def assets_for(out, seed, n=6, preview_bytes=0):
     items = [Embedded(ImageRef(f"u{i}", f"i{i}", None, (f"i{i}",), key=i + 1),
-                      Thumbnail(2, 2, bytes([seed * 20 + i] * 12)),
+                      Thumbnail.from_rgb(2, 2, bytes([seed * 20 + i] * 12)),
                       (np.full(4, seed + i / 7, dtype=np.float32),)) for i in range(n)]
     cfg = write.WriterConfig(output=str(out), columns=("path",), tensor_names=("emb",), tile=8,
                              max_items=n, tensor_format="binary", run_id=f"run{seed}")

@@ -161,8 +161,13 @@ class Assets(NamedTuple):
     preview_png: Optional[bytes] = None
 
 
-# Rows of a tensor formatted at once: bounds the text held while writing TSV.
-TENSOR_CHUNK_ROWS = 2048
+# Values of a tensor formatted at once: bounds the text held while writing
+# TSV (about 3 MB at 12 characters a value) whatever D is.
+TENSOR_CHUNK_VALUES = 1 << 18
+
+
+def _chunk_rows(matrix: np.ndarray) -> int:
+    return max(1, TENSOR_CHUNK_VALUES // max(1, matrix.shape[1]))
 # preview.png draws at most this many points (the first in key order: a
 # uniform sample of the sample), so its layout loop and PCA stay bounded at
 # any N; beyond a few thousand, thumbnails shrink to a few pixels anyway.
@@ -171,8 +176,9 @@ PREVIEW_MAX_POINTS = 10_000
 
 def _tensor_writer(matrix: np.ndarray, fmt: str) -> Callable[[BinaryIO], None]:
     def write(f):
-        for i in range(0, len(matrix), TENSOR_CHUNK_ROWS):
-            chunk = matrix[i:i + TENSOR_CHUNK_ROWS]
+        rows = _chunk_rows(matrix)
+        for i in range(0, len(matrix), rows):
+            chunk = matrix[i:i + rows]
             f.write(projector.tensor_binary(chunk) if fmt == "binary"
                     else projector.tensor_tsv(chunk))
     return write
@@ -186,8 +192,9 @@ def _binary_is_readable(matrix: np.ndarray) -> bool:
     """``projector.binary_tensor_is_readable`` on the file's first line only,
     found chunk by chunk instead of formatting the whole file."""
     line = b""
-    for i in range(0, len(matrix), TENSOR_CHUNK_ROWS):
-        chunk = projector.tensor_binary(matrix[i:i + TENSOR_CHUNK_ROWS])
+    rows = _chunk_rows(matrix)
+    for i in range(0, len(matrix), rows):
+        chunk = projector.tensor_binary(matrix[i:i + rows])
         head, newline, _ = chunk.partition(b"\n")
         line += head
         if newline:
@@ -646,6 +653,7 @@ class _WriteLogdirFn(beam.DoFn):
                 f"{cfg.max_error_fraction:.1%}); nothing published, "
                 f"see {join(cfg.output, ERRORS_NAME)}")
         assets = build_assets(kept, cfg)
+        release_free_memory()   # the preview's canvas and the matrix building's temporaries
         publish(assets, cfg, reported)
         written = beam.metrics.Metrics.counter("projector", "written")
         written.inc(len(kept))
