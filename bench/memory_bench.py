@@ -56,6 +56,8 @@ def parse_args(argv=None):
     ap.add_argument("--cases", default=DEFAULT_CASES,
                     help="comma-separated NAME=MODEL:N[:old] (default: %(default)s)")
     ap.add_argument("--runs", type=int, default=3, help="repetitions; medians reported")
+    ap.add_argument("--code", default=common.REPO,
+                    help="checkout of the code to measure (default: this repository)")
     ap.add_argument("--baseline", default=None,
                     help="checkout of the code to compare with (cases marked :old)")
     ap.add_argument("--model_only", action="store_true",
@@ -192,7 +194,7 @@ def main(argv=None):
     for c in cases:
         model, layer = run_bench.model_file(args.workdir, c["model"])
         inputs[c["name"]] = (photos_for(args.workdir, c["n"]), model, layer)
-    codes = [("new", common.REPO)] + ([("old", os.path.abspath(args.baseline))]
+    codes = [("new", os.path.abspath(args.code))] + ([("old", os.path.abspath(args.baseline))]
                                       if args.baseline else [])
     runs = {c["name"]: {name: [] for name, _ in codes} for c in cases}
     model_only = []

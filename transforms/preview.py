@@ -24,8 +24,8 @@ MAX_PREVIEW_SIDE = 4096
 # enough that thumbnails stay large.
 CELLS_PER_POINT = 3.0
 BACKGROUND = (24, 24, 24)
-# Rows of the centred matrix handled at once when forming the scatter matrix.
-_CHUNK = 8192
+# Values of the centred matrix (float64) handled at once: 8 MiB, whatever D is.
+_CHUNK_VALUES = 1 << 20
 
 
 def pca_2d(matrix) -> np.ndarray:
@@ -39,14 +39,15 @@ def pca_2d(matrix) -> np.ndarray:
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"PCA needs an N x D matrix with N, D >= 1, got shape {x.shape}")
     n, d = x.shape
+    chunk = max(1, _CHUNK_VALUES // d)
     mean = x.mean(axis=0, dtype=np.float64)
     if n <= d:
         centred = x.astype(np.float64) - mean
         _, s, vt = np.linalg.svd(centred, full_matrices=False)
     else:
         scatter = np.zeros((d, d))
-        for i in range(0, n, _CHUNK):
-            c = x[i:i + _CHUNK].astype(np.float64) - mean
+        for i in range(0, n, chunk):
+            c = x[i:i + chunk].astype(np.float64) - mean
             scatter += c.T @ c
         # The scatter matrix is symmetric PSD: its eigenvectors are the
         # principal axes. eigh is several times cheaper than an SVD here.
@@ -63,8 +64,8 @@ def pca_2d(matrix) -> np.ndarray:
         if axes[j, np.argmax(np.abs(axes[j]))] < 0:
             axes[j] = -axes[j]
     coords = np.zeros((n, 2))
-    for i in range(0, n, _CHUNK):
-        coords[i:i + _CHUNK, :k] = (x[i:i + _CHUNK].astype(np.float64) - mean) @ axes.T
+    for i in range(0, n, chunk):
+        coords[i:i + chunk, :k] = (x[i:i + chunk].astype(np.float64) - mean) @ axes.T
     return coords
 
 
