@@ -7,6 +7,7 @@ from the Beam counters the transforms keep, read once the job is done.
 """
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.quiet import QUIET_ENV, quiet_pillow_warnings
 from transforms.write import SUMMARY_NAME  # one name for the writer and the launcher
 
 LOG = logging.getLogger("beam-projector")
@@ -127,6 +129,11 @@ class _ProgressFn(beam.DoFn):
 
     def setup(self):
         self._line = _LiveLine(sys.stderr) if self._live else None
+        if os.environ.get(QUIET_ENV):
+            # a local worker process of a quiet run: a progress step sits in
+            # the decode stage, so its setup (which runs before any element
+            # of the stage) is where the process gets Pillow's filter too
+            quiet_pillow_warnings()
 
     def process(self, element, total=None):
         now = time.monotonic()

@@ -14,6 +14,7 @@ import warnings
 from typing import Optional, Sequence
 
 OUR_LOGGER = "beam-projector"
+QUIET_ENV = "BEAM_PROJECTOR_QUIET"
 # TF_CPP_MIN_LOG_LEVEL: 0 all, 1 no INFO, 2 no WARNING, 3 no ERROR. The
 # start-up banners (oneDNN, cpu_feature_guard, cuInit on a machine without a
 # GPU) are INFO to ERROR lines that say nothing about the run.
@@ -47,6 +48,12 @@ def quiet_native_libraries(level: Optional[str]) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", _TF_CPP_LEVEL.get(level, "0"))
     if level is None:
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        # inherited by the local multi-process runner's workers, whose model
+        # loader then imports TensorFlow quietly too; cluster workers do not
+        # inherit it and keep TensorFlow's lines in their logs
+        os.environ[QUIET_ENV] = "1"
+    else:
+        os.environ.pop(QUIET_ENV, None)
 
 
 @contextlib.contextmanager

@@ -153,3 +153,14 @@ def test_log_level_brings_the_libraries_back(digits_with_a_warning, model_path, 
     assert any(line.startswith("INFO apache_beam") for line in theirs), theirs[-20:]
     assert any("oneDNN" in line or "cpu_feature_guard" in line or "cuda" in line.lower()
                for line in theirs), theirs[:20]
+
+
+def test_the_multi_process_runner_is_quiet_too(digits_with_a_warning, model_path, tmp_path):
+    """Its worker processes load the model themselves: they must not print
+    TensorFlow's load banners either (they inherit the quiet setting)."""
+    proc = run_cli(digits_with_a_warning, model_path, str(tmp_path / "out"),
+                   "--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    for line in proc.stderr.splitlines():
+        assert line.startswith("beam-projector: progress: "), f"unexpected stderr line: {line!r}"
+    assert "written=40 failed=1" in proc.stdout

@@ -351,6 +351,9 @@ class EmbeddingModelHandler(ModelHandler):
         self._batch_size = batch_size
 
     def load_model(self) -> EmbeddingModel:
+        if os.environ.get("BEAM_PROJECTOR_QUIET"):  # a local worker process of a quiet run
+            from pipeline.quiet import import_tensorflow_quietly
+            import_tensorflow_quietly(None)
         return shared_embedding_model(self._spec)
 
     def run_inference(self, batch, model: EmbeddingModel, inference_args=None):
