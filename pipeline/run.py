@@ -15,11 +15,12 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 
 from pipeline.config import expand_config
 from pipeline.options import ProjectorOptions
-from pipeline.preflight import Plan, UsageError, failure_margin, make_plan
+from pipeline.preflight import Plan, UsageError, failure_margin, make_plan, neighbor_plan
 from pipeline.progress import COUNTERS, LogProgress, read_counters, write_summary
 from transforms.decode import DecodeImages
 from transforms.inference import EmbedImages
 from transforms.items import order_key
+from transforms.neighbors import AddNeighborColumns, neighbor_columns
 from transforms.sampling import KeepFirstPerLabel, SampleItems
 from transforms.sources import ReadImageRefs
 from transforms.write import WriteProjectorLogdir, WriterConfig
@@ -77,11 +78,17 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     selected = decoded | "KeepFirstN" >> beam.Filter(_within, beam.pvalue.AsSingleton(last_key))
     embedded, embed_errors = selected | "Embed" >> EmbedImages(plan.model, po.batch_size)
     embedded = embedded | "ProgressEmbedded" >> LogProgress("embedded")
+    nn = neighbor_plan(po, plan)
+    if nn:
+        embedded = embedded | "Neighbors" >> AddNeighborColumns(
+            nn.k, nn.tensor_index, nn.label_index, 0, nn.threshold)
     errors = (read_errors, decode_errors, embed_errors) | "AllErrors" >> beam.Flatten()
-    cfg = WriterConfig(output=po.output, columns=plan.columns, tensor_names=plan.tensor_names,
+    columns = plan.columns + (neighbor_columns(nn.label_index is not None) if nn else ())
+    cfg = WriterConfig(output=po.output, columns=columns, tensor_names=plan.tensor_names,
                        tile=plan.tile, max_items=po.max_items,
                        max_error_fraction=po.max_error_fraction, tensor_format=po.tensor_format,
-                       preview=not po.no_preview, standalone=po.standalone)
+                       preview=not po.no_preview, standalone=po.standalone,
+                       label_column=nn.label_column if nn else "")
     return (embedded, errors) | "WriteLogdir" >> WriteProjectorLogdir(cfg)
 
 

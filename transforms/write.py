@@ -6,6 +6,7 @@ a fresh content-addressed folder (``data-<digest>/``) that nothing references
 yet; the config is then replaced in one rename. A run that fails or is killed
 before that rename leaves the previous logdir exactly as TensorBoard knew it.
 """
+import collections
 import hashlib
 import logging
 import posixpath
@@ -22,6 +23,7 @@ from transforms.items import Embedded, ErrorRow, order_key
 LOG = logging.getLogger(__name__)
 CONFIG_NAME = "projector_config.pbtxt"
 ERRORS_NAME = "errors.tsv"
+SUSPECTS_NAME = "suspects.tsv"
 DATA_PREFIX = "data-"
 METADATA_NAME = "metadata.tsv"
 SPRITE_NAME = "sprite.png"
@@ -48,6 +50,7 @@ class WriterConfig(NamedTuple):
     tensor_format: str = "tsv"
     preview: bool = True        # preview.png at the root
     standalone: bool = False    # .bytes tensors + projector_config.json + index.html
+    label_column: str = ""      # the column suspects.tsv reads labels from
 
 
 def join(base: str, *parts: str) -> str:
@@ -87,6 +90,83 @@ def errors_tsv(rows: Sequence[ErrorRow]) -> bytes:
     for r in rows:
         lines.append("\t".join(projector.escape_metadata_value(v) for v in (r.ref, r.stage, r.reason)))
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+SUSPECT_HEADER = ("kind", "rank", "image", "label", "score", "reason")
+
+
+def suspects_tsv(columns: Sequence[str], rows: Sequence[Sequence[str]],
+                 label_column: str = "") -> Tuple[Optional[bytes], dict]:
+    """suspects.tsv from the kept rows' neighbour columns, and its counts.
+
+    Top-down: likely mislabelled items (their neighbours' majority label is
+    another; lowest agreement first, then nearest), the most isolated items
+    (largest K-th neighbour distance), then duplicate groups (the first item
+    in output order, then its copies). None when the columns are absent.
+    """
+    col = {c: i for i, c in enumerate(columns)}
+    if "nn_distance" not in col or "duplicate_of" not in col:
+        return None, {}
+    out = ["\t".join(SUSPECT_HEADER)]
+
+    def emit(kind, rank, row, score, reason):
+        label = row[col[label_column]] if label_column in col else ""
+        out.append("\t".join(projector.escape_metadata_value(v) for v in
+                             (kind, rank, row[0], label, score, reason)))
+
+    counts = {"suspects_mislabelled": 0, "suspects_isolated": 0,
+              "duplicate_groups": 0, "duplicates": 0}
+    if label_column in col and "nn_label_agreement" in col:
+        lab, agr, maj = col[label_column], col["nn_label_agreement"], col["nn_majority_label"]
+        dist = col["nn_distance"]
+        flagged = [i for i, r in enumerate(rows) if r[agr] and r[maj] != r[lab]]
+        flagged.sort(key=lambda i: (float(rows[i][agr]), float(rows[i][dist]), i))
+        for rank, i in enumerate(flagged, 1):
+            r = rows[i]
+            emit("mislabelled", rank, r, r[agr],
+                 f"label {r[lab]!r} is carried by {float(r[agr]):.0%} of its nearest "
+                 f"neighbours; most of them are {r[maj]!r}")
+        counts["suspects_mislabelled"] = len(flagged)
+    dist = col["nn_distance"]
+    scored = [i for i, r in enumerate(rows) if r[dist]]
+    isolated = sorted(scored, key=lambda i: (-float(rows[i][dist]), i))
+    isolated = isolated[:max(10, -(-len(scored) // 100))]
+    for rank, i in enumerate(isolated, 1):
+        r = rows[i]
+        emit("isolated", rank, r, r[dist],
+             f"K-th nearest neighbour at cosine distance {r[dist]} "
+             f"(rank {rank} of {len(scored)} by isolation)")
+    counts["suspects_isolated"] = len(isolated)
+    # duplicate groups: union of the duplicate_of links, in output order
+    first_row = {}
+    for i, r in enumerate(rows):
+        first_row.setdefault(r[0], i)
+    parent = list(range(len(rows)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, r in enumerate(rows):
+        j = first_row.get(r[col["duplicate_of"]])
+        if r[col["duplicate_of"]] and j is not None:
+            a, b = root(i), root(j)
+            parent[max(a, b)] = min(a, b)
+    groups = collections.defaultdict(list)
+    for i in range(len(rows)):
+        groups[root(i)].append(i)
+    groups = [g for _, g in sorted(groups.items()) if len(g) > 1]
+    for rank, members in enumerate(groups, 1):
+        first = rows[members[0]]
+        emit("duplicate", rank, first, len(members),
+             f"first of {len(members)} near-identical pictures")
+        for i in members[1:]:
+            emit("duplicate", rank, rows[i], len(members), f"same picture as {first[0]}")
+    counts["duplicate_groups"] = len(groups)
+    counts["duplicates"] = sum(len(g) - 1 for g in groups)
+    return ("\n".join(out) + "\n").encode("utf-8"), counts
 
 
 def tensor_file_name(name: str, count: int, fmt: str) -> str:
@@ -179,7 +259,8 @@ def _referenced_data_dir(config_text: Optional[str]) -> Optional[str]:
     return m.group(1) if m else None
 
 
-def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRow]) -> str:
+def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRow],
+            suspects: Optional[bytes] = None) -> str:
     """Write the data folder, then swap the config in. Returns the config text."""
     out = cfg.output
     folder = DATA_PREFIX + assets.digest
@@ -197,8 +278,18 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
     replace_file(config_path, config.encode("utf-8"), assets.digest)
     _publish_extras(assets, out, folder)
     replace_file(join(out, ERRORS_NAME), errors_tsv(reported_errors), assets.digest)
+    _publish_suspects(out, suspects, assets.digest)
     _remove_stale(out, keep=folder)
     return config
+
+
+def _publish_suspects(out: str, suspects: Optional[bytes], tag: str) -> None:
+    """suspects.tsv beside errors.tsv; a stale one goes when this run has none."""
+    path = join(out, SUSPECTS_NAME)
+    if suspects is not None:
+        replace_file(path, suspects, tag)
+    elif FileSystems.exists(path):
+        FileSystems.delete([path])
 
 
 def _publish_extras(assets: Assets, out: str, folder: str) -> None:
@@ -292,7 +383,11 @@ class _WriteLogdirFn(beam.DoFn):
                 f"{cfg.max_error_fraction:.1%}); nothing published, "
                 f"see {join(cfg.output, ERRORS_NAME)}")
         assets = build_assets(kept, cfg)
-        publish(assets, cfg, reported)
+        suspects, suspect_counts = suspects_tsv(cfg.columns, [e.item.metadata for e in kept],
+                                                cfg.label_column)
+        publish(assets, cfg, reported, suspects)
+        for name, value in suspect_counts.items():
+            beam.metrics.Metrics.counter("projector", name).inc(value)
         written = beam.metrics.Metrics.counter("projector", "written")
         written.inc(len(kept))
         beam.metrics.Metrics.counter("projector", "failed").inc(len(reported))
