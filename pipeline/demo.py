@@ -145,21 +145,33 @@ def train_model(path: str, seconds_budget_epochs: int = 8, labels=None) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="build/demo")
+    ap.add_argument("--plant_faults", action="store_true",
+                    help="flip 3%% of the labels and add 40 near-duplicate copies, for the "
+                    "nn_* columns and suspects.tsv to find")
     args, extra = ap.parse_known_args(argv)
     work = os.path.abspath(args.workdir)
     os.makedirs(work, exist_ok=True)
     t0 = time.time()
-    csv_path = make_digits(os.path.join(work, "digits"))
-    model_path = train_model(os.path.join(work, "digits_cnn.keras"))
+    labels, count = None, 1797
+    if args.plant_faults:
+        planted = plant_faults(os.path.join(work, "planted"))
+        csv_path, labels = planted["csv"], planted["labels"]
+        count += len(planted["copies"])
+        print(f"demo: planted {len(planted['flipped'])} flipped labels and "
+              f"{len(planted['copies'])} copies in {csv_path}")
+    else:
+        csv_path = make_digits(os.path.join(work, "digits"))
+    model_path = train_model(os.path.join(work, "digits_cnn.keras"), labels=labels)
     logdir = os.path.join(work, "logdir")
     from pipeline.run import main as run_main
     rc = run_main(["--input", csv_path, "--model", model_path, "--embedding_layer", "embedding",
-                   "--output", logdir, "--max_items", "1797"] + extra)
+                   "--output", logdir, "--max_items", str(count)] + extra)
     if rc == 0:
         print(f"demo: done in {time.time() - t0:.1f}s. Open it with:\n"
               f"  {os.path.dirname(sys.executable)}/tensorboard --logdir {logdir} "
               f"--host 127.0.0.1 --port 6006\n"
-              f"then the PROJECTOR tab at http://127.0.0.1:6006/#projector")
+              f"then the PROJECTOR tab at http://127.0.0.1:6006/#projector; "
+              f"Color by nn_label_agreement_bin, and see {logdir}/suspects.tsv")
     return rc
 
 

@@ -27,9 +27,10 @@ from transforms.items import Embedded, Thumbnail, order_key
 # The centre and PCA basis come from the first PCA_SAMPLE items in output
 # order: exact when N <= PCA_SAMPLE, a deterministic sample beyond.
 PCA_SAMPLE = 4096
-# Projected dimensions. Embeddings with at most this many dimensions are used
-# as they are (centred and normalised): the search is then exact.
-PROJECTED_DIMS = 64
+# Projected dimensions (recall vs exact in BENCHMARKS.md). Embeddings with at
+# most this many dimensions are used as they are (centred and normalised):
+# the search is then exact.
+PROJECTED_DIMS = 128
 # How many embedding neighbours are checked for near-duplicate pictures
 # (at least K).
 DUPLICATE_CANDIDATES = 20
@@ -54,7 +55,7 @@ _BLOCK = 512
 # differently still end with the same neighbours.
 _SLACK = 1e-4
 
-COLUMNS_WITH_LABEL = ("nn_label_agreement", "nn_agreement_bin", "nn_majority_label")
+COLUMNS_WITH_LABEL = ("nn_label_agreement", "nn_label_agreement_bin", "nn_majority_label")
 COLUMNS = ("nn_distance", "nn_distance_bin", "duplicate", "duplicate_of")
 
 
