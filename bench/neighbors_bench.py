@@ -61,12 +61,13 @@ def make_chunk(chunk: int, n: int):
     x, cluster = vectors(start, count)
     rng = np.random.default_rng(10_000_000 + chunk)
     keys = rng.integers(0, 2 ** 62, count)
-    pixels = rng.integers(0, 256, (count, 16 * 16 * 3), dtype=np.uint8)
+    # 25 px: the tile side at 100,000 points (8192 px sprite)
+    pixels = rng.integers(0, 256, (count, 25 * 25 * 3), dtype=np.uint8)
     for i in range(count):
         uid = f"{start + i:07d}"
         item = ImageRef(uid, f"img/{uid}.png", None, (f"img/{uid}.png", str(cluster[i])),
                         int(keys[i]))
-        yield Embedded(item, Thumbnail(16, 16, pixels[i].tobytes()), (x[i],))
+        yield Embedded(item, Thumbnail(25, 25, pixels[i].tobytes()), (x[i],))
 
 
 def _digest(e):
@@ -124,27 +125,39 @@ def tree_rss_mib(pid: int) -> float:
 
 
 def timed(cmd):
-    """common.run_child plus the peak of the sampled process-tree RSS."""
+    """Run a child: wall and CPU seconds (user + sys, its reaped workers
+    included), wait4's peak RSS and the peak of the sampled process-tree RSS.
+    CPU seconds are the figure to read on a busy shared machine."""
+    import subprocess
+    import tempfile
+
     peak = [0.0]
     stop = threading.Event()
-    me = os.getpid()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=common.REPO)
 
-    def sample():
-        while not stop.is_set():
-            kids = [int(c) for c in os.listdir("/proc") if c.isdigit() and _ppid(int(c)) == me]
-            peak[0] = max([peak[0]] + [tree_rss_mib(k) for k in kids])
-            stop.wait(0.25)
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], tree_rss_mib(proc.pid))
+                stop.wait(0.25)
 
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        result = common.check(common.run_child(cmd), "neighbour bench child")
-    finally:
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
         stop.set()
         t.join()
-    line = next(x for x in result["stdout"].splitlines() if x.startswith("RESULT "))
-    result.update(json.loads(line[len("RESULT "):]))
-    result["tree_rss_mib"] = round(peak[0], 1)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"neighbour bench child failed:\n{stderr[-3000:]}")
+    line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    result.update(wall_s=round(wall, 2), cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
+                  maxrss_mib=round(usage.ru_maxrss / 1024, 1), tree_rss_mib=round(peak[0], 1),
+                  load_after=os.getloadavg()[0])
     return result
 
 
@@ -220,18 +233,18 @@ def main(argv=None):
         for _ in range(args.runs):
             r = timed([sys.executable, os.path.abspath(__file__), "--child", "--n", str(args.n)]
                       + MODES[mode])
-            print(f"{mode}: wall {r['wall_s']}s, pipeline {r['with_neighbors_s']}s "
-                  f"(generate only {r['generate_only_s']}s), maxrss {r['maxrss_mib']} MiB, "
-                  f"tree {r['tree_rss_mib']} MiB", flush=True)
-            runs.append({k: r[k] for k in ("wall_s", "generate_only_s", "with_neighbors_s",
-                                           "maxrss_mib", "tree_rss_mib")})
+            print(f"{mode}: wall {r['wall_s']}s (cpu {r['cpu_s']}s), pipeline "
+                  f"{r['with_neighbors_s']}s (generate only {r['generate_only_s']}s), maxrss "
+                  f"{r['maxrss_mib']} MiB, tree {r['tree_rss_mib']} MiB, load {r['load_after']:.1f}",
+                  flush=True)
+            runs.append(r)
         results["runs"][mode] = runs
         med = {k: common.median([r[k] for r in runs]) for k in runs[0]}
         rows.append([mode, med["with_neighbors_s"], med["generate_only_s"],
-                     med["with_neighbors_s"] - med["generate_only_s"],
-                     med["maxrss_mib"], med["tree_rss_mib"]])
+                     med["with_neighbors_s"] - med["generate_only_s"], med["cpu_s"],
+                     med["maxrss_mib"], med["tree_rss_mib"], med["load_after"]])
     print(common.table(["runner", "pipeline s", "generate only s", "neighbour stage s",
-                        "maxrss MiB", "tree RSS MiB"], rows))
+                        "child cpu s", "maxrss MiB", "tree RSS MiB", "load"], rows))
     if not args.no_recall:
         results["recall"] = recall(args.n, args.queries)
         print("recall:", json.dumps(results["recall"]))

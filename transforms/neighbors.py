@@ -261,11 +261,18 @@ def _fit(sample, dims):
     return fit_projection(np.stack([v for _, v in sample]), dims)
 
 
-def _index_row(e, proj, t, label_index, image_index):
+def _slim(e, t, label_index, image_index):
+    """What the index needs of one item, before the wait for the PCA: the
+    thumbnail shrinks to its signature, the other tensors are dropped."""
     item = e.item
     label = item.metadata[label_index] if label_index is not None else None
     image = item.metadata[image_index] if image_index is not None else item.ref
-    return (order_key(item), project(e.vectors[t], proj), label, image, signature(e.thumbnail))
+    return (order_key(item), e.vectors[t], label, image, signature(e.thumbnail))
+
+
+def _index_row(slim, proj):
+    key, vector, label, image, sig = slim
+    return (key, project(vector, proj), label, image, sig)
 
 
 class _NeighborsFn(beam.DoFn):
@@ -312,8 +319,8 @@ class AddNeighborColumns(beam.PTransform):
                                                           reverse=True)
                 | "FitPCA" >> beam.Map(_fit, self._dims))
         index = (embedded
-                 | "Project" >> beam.Map(_index_row, beam.pvalue.AsSingleton(proj), t,
-                                         self._label, self._image)
+                 | "Slim" >> beam.Map(_slim, t, self._label, self._image)
+                 | "Project" >> beam.Map(_index_row, beam.pvalue.AsSingleton(proj))
                  | "AllRows" >> beam.combiners.ToList()
                  | "Index" >> beam.Map(build_index, k))
         return (embedded
