@@ -16,6 +16,7 @@ from pipeline.preflight import UsageError
 from support import check_live_projector, run_pipeline
 from transforms import sources
 from transforms.sampling import SampleItems
+from transforms.neighbors import neighbor_columns
 
 
 def feature(value):
@@ -264,7 +265,7 @@ def test_class_folder_run_with_stratified_sample(tmp_path, digits, model_path):
     assert summary["read"] == 40 and summary["written"] == 20
     meta = open(next(os.path.join(out, d, "metadata.tsv") for d in os.listdir(out)
                      if d.startswith("data-"))).read().split("\n")
-    assert meta[0] == "path\tlabel"
+    assert meta[0] == "\t".join(("path", "label") + neighbor_columns(True))
     labels = [line.split("\t")[1] for line in meta[1:21]]
     assert sorted(labels) == sorted([f"class_{i}" for i in range(10)] * 2)
 
