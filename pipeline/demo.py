@@ -11,6 +11,7 @@ import csv
 import os
 import sys
 import time
+from typing import Tuple
 
 import numpy as np
 
@@ -38,7 +39,78 @@ def make_digits(folder: str) -> str:
     return csv_path
 
 
-def train_model(path: str, seconds_budget_epochs: int = 8) -> str:
+# Planted faults (--plant_faults and tests/test_neighbors.py): a known share
+# of flipped labels and known near-duplicates of a few originals.
+COPY_KINDS = ("exact", "resized", "jpeg", "resized_jpeg")
+
+
+def _copy_bytes(px: np.ndarray, kind: str) -> Tuple[bytes, str]:
+    """One near-duplicate of an 8x8 grey digit: (encoded bytes, extension)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(px, mode="L")
+    if kind in ("resized", "resized_jpeg"):
+        img = img.resize((24, 24), Image.BILINEAR)
+    buf = io.BytesIO()
+    if kind in ("jpeg", "resized_jpeg"):
+        img.save(buf, format="JPEG", quality=85)
+        return buf.getvalue(), "jpg"
+    img.save(buf, format="PNG")
+    return buf.getvalue(), "png"
+
+
+def plant_faults(folder: str, flip_fraction: float = 0.03, copies_per_kind: int = 10,
+                 seed: int = 0) -> dict:
+    """make_digits with planted faults; returns the CSV path and what was planted.
+
+    A random ``flip_fraction`` of the digits get another label, and
+    ``copies_per_kind`` originals (none of them flipped) get a copy of each
+    kind in COPY_KINDS: the same file, resized 3x, JPEG re-encoded, both.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    n = len(digits.images)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_flip = int(round(flip_fraction * n))
+    flipped = set(int(i) for i in order[:n_flip])
+    sources = [int(i) for i in order[n_flip:n_flip + copies_per_kind * len(COPY_KINDS)]]
+    labels = [int(t) for t in digits.target]
+    for i in sorted(flipped):
+        labels[i] = (labels[i] + int(rng.integers(1, 10))) % 10
+    img_dir = os.path.join(folder, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    rows, names = [], []
+    for i, img in enumerate(digits.images):
+        px = (255 - img * (255 / 16)).astype(np.uint8)
+        name = f"images/digit_{i:04d}.png"
+        Image.fromarray(px, mode="L").save(os.path.join(folder, name))
+        rows.append((name, labels[i]))
+        names.append(name)
+    copies = {}
+    for c, i in enumerate(sources):
+        kind = COPY_KINDS[c // copies_per_kind]
+        px = (255 - digits.images[i] * (255 / 16)).astype(np.uint8)
+        data, ext = _copy_bytes(px, kind)
+        name = f"images/copy_{c:03d}_{kind}_of_{i:04d}.{ext}"
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+        rows.append((name, int(digits.target[i])))
+        copies[name] = names[i]
+    csv_path = os.path.join(folder, "images.csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows(rows)
+    return {"csv": csv_path, "flipped": sorted(names[i] for i in flipped), "copies": copies,
+            "labels": [lab for _, lab in rows[:n]]}
+
+
+def train_model(path: str, seconds_budget_epochs: int = 8, labels=None) -> str:
     """A small CNN trained on the digits; its 'embedding' layer is the map."""
     import keras
     from sklearn.datasets import load_digits
@@ -49,7 +121,7 @@ def train_model(path: str, seconds_budget_epochs: int = 8) -> str:
     x = np.repeat(x[..., None], 3, axis=-1).astype("float32")
     # what the pipeline feeds: the 8x8 image resized to the model's input
     x = keras.ops.convert_to_numpy(keras.ops.image.resize(x, (INPUT_SIDE, INPUT_SIDE)))
-    y = digits.target
+    y = digits.target if labels is None else np.asarray(labels)
     model = keras.Sequential([
         keras.Input((INPUT_SIDE, INPUT_SIDE, 3)),
         keras.layers.Rescaling(1 / 255.0),
@@ -73,6 +145,9 @@ def train_model(path: str, seconds_budget_epochs: int = 8) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="build/demo")
+    ap.add_argument("--plant_faults", action="store_true",
+                    help="flip 3%% of the labels and add 40 near-duplicate copies, for the "
+                    "nn_* columns and suspects.tsv to find")
     args, extra = ap.parse_known_args(argv)
     # quiet like the pipeline's CLI: Keras/TensorFlow are imported first here
     from pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
@@ -82,17 +157,26 @@ def main(argv=None) -> int:
     work = os.path.abspath(args.workdir)
     os.makedirs(work, exist_ok=True)
     t0 = time.time()
-    csv_path = make_digits(os.path.join(work, "digits"))
-    model_path = train_model(os.path.join(work, "digits_cnn.keras"))
+    labels, count = None, 1797
+    if args.plant_faults:
+        planted = plant_faults(os.path.join(work, "planted"))
+        csv_path, labels = planted["csv"], planted["labels"]
+        count += len(planted["copies"])
+        print(f"demo: planted {len(planted['flipped'])} flipped labels and "
+              f"{len(planted['copies'])} copies in {csv_path}")
+    else:
+        csv_path = make_digits(os.path.join(work, "digits"))
+    model_path = train_model(os.path.join(work, "digits_cnn.keras"), labels=labels)
     logdir = os.path.join(work, "logdir")
     from pipeline.run import main as run_main
     rc = run_main(["--input", csv_path, "--model", model_path, "--embedding_layer", "embedding",
-                   "--output", logdir, "--max_items", "1797"] + extra)
+                   "--output", logdir, "--max_items", str(count)] + extra)
     if rc == 0:
         print(f"demo: done in {time.time() - t0:.1f}s. Open it with:\n"
               f"  {os.path.dirname(sys.executable)}/tensorboard --logdir {logdir} "
               f"--host 127.0.0.1 --port 6006\n"
-              f"then the PROJECTOR tab at http://127.0.0.1:6006/#projector")
+              f"then the PROJECTOR tab at http://127.0.0.1:6006/#projector; "
+              f"Color by nn_label_agreement_bin, and see {logdir}/suspects.tsv")
     return rc
 
 

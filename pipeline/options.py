@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms.decode import RESIZE_MODES
 from transforms.inference import PIXEL_SCALES, POOLS
 from transforms.items import DEFAULT_MAX_IMAGE_BYTES
+from transforms.neighbors import DEFAULT_DUPLICATE_THRESHOLD
 from transforms.sources import COMPRESSIONS
 from transforms.write import TENSOR_FORMATS
 
@@ -120,6 +121,16 @@ class ProjectorOptions(PipelineOptions):
         g.add_argument("--standalone", action="store_true", default=False,
                        help="also write a static export for the standalone Embedding "
                        "Projector: .bytes tensors, projector_config.json and index.html")
+        g.add_argument("--neighbors", type=int, default=10,
+                       help="K nearest neighbours behind the nn_* and duplicate metadata "
+                       "columns and suspects.tsv (default: 10; 0 turns them off)")
+        g.add_argument("--neighbors_tensor", default="",
+                       help="embedding tensor the neighbours are found in (default: the first)")
+        g.add_argument("--duplicate_threshold", type=float,
+                       default=DEFAULT_DUPLICATE_THRESHOLD,
+                       help="mean grey difference (0-255) of two 16x16 thumbnails at or "
+                       "below which neighbours are the same picture (default: "
+                       f"{DEFAULT_DUPLICATE_THRESHOLD:g}; measured in BENCHMARKS.md)")
 
         g = parser.add_argument_group("failures")
         g.add_argument("--max_image_bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,

@@ -141,7 +141,8 @@ def make_plan(po) -> Plan:
     if po.max_image_bytes is None or po.max_image_bytes < 1:
         raise UsageError(f"--max_image_bytes must be at least 1, got {po.max_image_bytes}")
     _check_not_inside_input(po.output, source)
-    _check_output(po.output, write.root_files(not po.no_preview, po.standalone))
+    _check_output(po.output, write.root_files(not po.no_preview, po.standalone,
+                                              suspects=bool(po.neighbors)))
 
     margin = failure_margin(po.max_items, po.max_error_fraction)
     return Plan(
@@ -150,3 +151,30 @@ def make_plan(po) -> Plan:
         tile=projector.tile_size_for(po.max_items, po.tile_size),
         sample_size=po.max_items + margin, label_index=label_index, source=source,
         run_id=uuid.uuid4().hex)
+
+
+class NeighborPlan(NamedTuple):
+    k: int
+    tensor_index: int
+    label_index: Optional[int]    # None: no label column, no agreement columns
+    label_column: str
+    threshold: float
+
+
+def neighbor_plan(po, plan: Plan) -> Optional[NeighborPlan]:
+    """--neighbors/--neighbors_tensor/--duplicate_threshold resolved against
+    the plan; None when --neighbors is 0. Raises UsageError."""
+    if po.neighbors is None or po.neighbors < 0:
+        raise UsageError(f"--neighbors must be 0 (off) or more, got {po.neighbors}")
+    if not po.neighbors:
+        return None
+    if not po.duplicate_threshold >= 0:
+        raise UsageError(f"--duplicate_threshold must be 0 or more, got {po.duplicate_threshold}")
+    name = po.neighbors_tensor or plan.tensor_names[0]
+    if name not in plan.tensor_names:
+        raise UsageError(f"--neighbors_tensor {name!r} is not one of the model's embeddings: "
+                         f"{', '.join(plan.tensor_names)}")
+    label = po.label_column if po.label_column in plan.columns[1:] else ""
+    return NeighborPlan(po.neighbors, plan.tensor_names.index(name),
+                        plan.columns.index(label) if label else None, label,
+                        po.duplicate_threshold)

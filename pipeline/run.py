@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 
 from pipeline.config import expand_config
 from pipeline.options import ProjectorOptions, format_beam_help, format_help, help_requested
-from pipeline.preflight import Plan, UsageError, failure_margin, make_plan
+from pipeline.preflight import Plan, UsageError, failure_margin, make_plan, neighbor_plan
 from pipeline.progress import (COUNTERS, LogProgress, end_live_line, large_tsv_hint,
                                read_counters, summary_bytes)
 from pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
@@ -25,6 +25,7 @@ from transforms.decode import ThumbnailImages
 from transforms.inference import EmbedImages
 from transforms.items import order_key
 from transforms.projector import tile_size_for
+from transforms.neighbors import AddNeighborColumns, neighbor_columns
 from transforms.sampling import KeepFirstPerLabel, SampleItems
 from transforms.sources import ReadImageRefs
 from transforms.write import SUMMARY_NAME, WriteProjectorLogdir, WriterConfig, update_summary
@@ -103,12 +104,17 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     # back until every image is embedded, since it waits on that side input).
     embedded = embedded | "ProgressEmbedded" >> LogProgress(
         "embedded", total=first_keys | "CountSelected" >> beam.Map(len))
+    nn = neighbor_plan(po, plan)
+    if nn:
+        embedded = embedded | "Neighbors" >> AddNeighborColumns(
+            nn.k, nn.tensor_index, nn.label_index, 0, nn.threshold)
     errors = (read_errors, decode_errors, embed_errors) | "AllErrors" >> beam.Flatten()
-    cfg = WriterConfig(output=po.output, columns=plan.columns, tensor_names=plan.tensor_names,
+    columns = plan.columns + (neighbor_columns(nn.label_index is not None) if nn else ())
+    cfg = WriterConfig(output=po.output, columns=columns, tensor_names=plan.tensor_names,
                        tile=po.tile_size, max_items=po.max_items,
                        max_error_fraction=po.max_error_fraction, tensor_format=po.tensor_format,
                        preview=not po.no_preview, standalone=po.standalone,
-                       run_id=plan.run_id,
+                       run_id=plan.run_id, label_column=nn.label_column if nn else "",
                        options_json=json.dumps(_options_used(po), sort_keys=True, default=str))
     return (embedded, errors) | "WriteLogdir" >> WriteProjectorLogdir(cfg)
 

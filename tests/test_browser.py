@@ -304,3 +304,55 @@ def test_standalone_export_opens_as_static_files(logdir):
     print(f"standalone plot colours: {colours}")
     assert (n, d) == (N_IMAGES, 8)
     assert colours >= 2000, colours
+
+
+# --- issue 15: the neighbour columns in the projector's "Color by" ---------
+
+# The names in the data panel's "Color by" menu (its Polymer property), found
+# through shadow roots and TensorBoard's iframe.
+COLOR_OPTIONS_JS = r"""
+(() => {
+  let found = null;
+  const walk = (node) => {
+    if (found) return;
+    if (node.tagName === 'VZ-PROJECTOR-DATA-PANEL') { found = node; return; }
+    if (node.shadowRoot) walk(node.shadowRoot);
+    if (node.tagName === 'IFRAME' && node.contentDocument) walk(node.contentDocument);
+    for (const ch of node.children || []) walk(ch);
+  };
+  walk(document);
+  return found && found.colorOptions ? found.colorOptions.map(o => o.name) : null;
+})()
+"""
+NEIGHBOR_COLOURABLE = ("nn_label_agreement", "nn_label_agreement_bin", "nn_majority_label",
+                       "nn_distance", "nn_distance_bin", "duplicate")
+
+
+def color_by_options(page, wanted, timeout=60):
+    deadline = time.time() + timeout
+    options = None
+    while time.time() < deadline:
+        options = page.evaluate(COLOR_OPTIONS_JS)
+        if options and all(w in options for w in wanted):
+            break
+        time.sleep(1)
+    return options or []
+
+
+def test_neighbor_columns_are_offered_in_color_by(digits, model_path, tmp_path):
+    """60 digits: more than the 50 distinct values the projector colours by,
+    so the path column must be missing from "Color by" while every neighbour
+    column (buckets, and nn_distance as a numeric gradient) is there."""
+    csv_path, rows = digits
+    out = tmp_path / "logdir"
+    support.run_pipeline(input=csv_path, model=model_path, embedding_layer="embedding",
+                         output=out, max_items=len(rows), tile_size=16)
+    with support.tensorboard(out) as get:
+        with chromium(get.base + "/#projector") as page:
+            wait_for_projector(page)
+            options = color_by_options(page, NEIGHBOR_COLOURABLE)
+    print("Color by:", options)
+    assert "label" in options
+    assert "path" not in options          # 60 distinct strings: dropped by the projector
+    for name in NEIGHBOR_COLOURABLE:
+        assert name in options, (name, options)

@@ -70,6 +70,8 @@ def test_in_memory_and_multi_process_runs_are_byte_identical(setup):
     assert sum(n.startswith("data-") for n in names) == 3   # tensor, metadata, sprite
     assert len(fa["errors.tsv"].splitlines()) > 1            # the dead letters are compared too
     assert fb == fa
+    assert "suspects.tsv" in names and b"nn_distance" in next(
+        v for k, v in fa.items() if k.endswith("metadata.tsv"))
     assert sorted(fm) == names      # same digest folder name: all asset bytes agree
     for name in names:
         assert fm[name] == fa[name], name

@@ -12,6 +12,7 @@ from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from support import check_live_projector, load_tensor, run_pipeline, write_digits
 from transforms import projector
 from transforms.decode import decode_image, read_bytes
+from transforms.neighbors import neighbor_columns
 
 
 def load_logdir(out):
@@ -52,7 +53,7 @@ def test_logdir_files_and_config(digits_run):
     for rel in (emb.tensor_path, emb.metadata_path, emb.sprite.image_path):
         assert not os.path.isabs(rel)
         assert os.path.isfile(os.path.join(out, rel))
-    assert meta[0] == "path\tlabel"
+    assert meta[0] == "\t".join(("path", "label") + neighbor_columns(True))
     assert meta[-1] == "" and len(meta) == 52  # header + 50 rows + final newline
     assert sprite.size == (8 * 24, 8 * 24) and sprite.mode == "RGBA"
     # the default: the tutorial's TSV (no header, 8 tab-separated floats a row)
@@ -87,7 +88,7 @@ def test_row_i_tile_i_and_vector_i_are_the_same_image(digits_run, digits, model_
     import keras
     model = keras.saving.load_model(model_path)
     sub = keras.Model(model.inputs, model.get_layer("embedding").output)
-    rows = [line.split("\t") for line in meta[1:51]]
+    rows = [line.split("\t")[:2] for line in meta[1:51]]
     inputs = []
     for i, (rel, label) in enumerate(rows):
         pixels, thumb = decode_image(read_bytes(os.path.join(base, rel)), (16, 16), tile)
@@ -127,7 +128,7 @@ def test_live_tensorboard_serves_the_projector(digits_run):
     out, _ = digits_run
     meta, sprite = check_live_projector(out, n=50, dims={"embedding": 8}, tile=24)
     lines = meta.rstrip("\n").split("\n")
-    assert lines[0] == "path\tlabel" and len(lines) == 51
+    assert lines[0] == "\t".join(("path", "label") + neighbor_columns(True)) and len(lines) == 51
 
 
 def test_quoted_csv_fields_and_relative_paths(tmp_path, model_path):
@@ -142,7 +143,7 @@ def test_quoted_csv_fields_and_relative_paths(tmp_path, model_path):
         for row, note in zip(rows, labels):
             w.writerow([row["path"], note, row["label"]])
     out = str(tmp_path / "out")
-    run_pipeline(input=csv_path, model=model_path, output=out, max_items=10, tile_size=16)
+    run_pipeline(neighbors=0, input=csv_path, model=model_path, output=out, max_items=10, tile_size=16)
     _, meta, _, _ = load_logdir(out)
     assert meta[0] == "path\tnote\tlabel"
     got = {line.split("\t")[0]: line.split("\t")[1] for line in meta[1:7]}

@@ -9,6 +9,7 @@ fails or is killed before that rename leaves the previous logdir as
 TensorBoard knew it. Only what the manifest (``.beam-projector-manifest.json``)
 lists is ever replaced or deleted: see ``publish``.
 """
+import collections
 import hashlib
 import io
 import json
@@ -30,6 +31,7 @@ from transforms.lock import PublishLock, is_local
 LOG = logging.getLogger(__name__)
 CONFIG_NAME = "projector_config.pbtxt"
 ERRORS_NAME = "errors.tsv"
+SUSPECTS_NAME = "suspects.tsv"
 DATA_PREFIX = "data-"
 METADATA_NAME = "metadata.tsv"
 SPRITE_NAME = "sprite.png"
@@ -58,6 +60,7 @@ class WriterConfig(NamedTuple):
     standalone: bool = False    # .bytes tensors + projector_config.json + index.html
     run_id: str = ""            # names this run in run_summary.json and its temp files
     options_json: str = ""      # the options used, for run_summary.json
+    label_column: str = ""      # the column suspects.tsv reads labels from
 
 
 def join(base: str, *parts: str) -> str:
@@ -103,6 +106,83 @@ def errors_tsv(rows: Sequence[ErrorRow]) -> bytes:
     for r in rows:
         lines.append("\t".join(projector.escape_metadata_value(v) for v in (r.ref, r.stage, r.reason)))
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+SUSPECT_HEADER = ("kind", "rank", "image", "label", "score", "reason")
+
+
+def suspects_tsv(columns: Sequence[str], rows: Sequence[Sequence[str]],
+                 label_column: str = "") -> Tuple[Optional[bytes], dict]:
+    """suspects.tsv from the kept rows' neighbour columns, and its counts.
+
+    Top-down: likely mislabelled items (their neighbours' majority label is
+    another; lowest agreement first, then nearest), the most isolated items
+    (largest K-th neighbour distance), then duplicate groups (the first item
+    in output order, then its copies). None when the columns are absent.
+    """
+    col = {c: i for i, c in enumerate(columns)}
+    if "nn_distance" not in col or "duplicate_of" not in col:
+        return None, {}
+    out = ["\t".join(SUSPECT_HEADER)]
+
+    def emit(kind, rank, row, score, reason):
+        label = row[col[label_column]] if label_column in col else ""
+        out.append("\t".join(projector.escape_metadata_value(v) for v in
+                             (kind, rank, row[0], label, score, reason)))
+
+    counts = {"suspects_mislabelled": 0, "suspects_isolated": 0,
+              "duplicate_groups": 0, "duplicates": 0}
+    if label_column in col and "nn_label_agreement" in col:
+        lab, agr, maj = col[label_column], col["nn_label_agreement"], col["nn_majority_label"]
+        dist = col["nn_distance"]
+        flagged = [i for i, r in enumerate(rows) if r[agr] and r[maj] != r[lab]]
+        flagged.sort(key=lambda i: (float(rows[i][agr]), float(rows[i][dist]), i))
+        for rank, i in enumerate(flagged, 1):
+            r = rows[i]
+            emit("mislabelled", rank, r, r[agr],
+                 f"label {r[lab]!r} is carried by {float(r[agr]):.0%} of its nearest "
+                 f"neighbours; most of them are {r[maj]!r}")
+        counts["suspects_mislabelled"] = len(flagged)
+    dist = col["nn_distance"]
+    scored = [i for i, r in enumerate(rows) if r[dist]]
+    isolated = sorted(scored, key=lambda i: (-float(rows[i][dist]), i))
+    isolated = isolated[:max(10, -(-len(scored) // 100))]
+    for rank, i in enumerate(isolated, 1):
+        r = rows[i]
+        emit("isolated", rank, r, r[dist],
+             f"K-th nearest neighbour at cosine distance {r[dist]} "
+             f"(rank {rank} of {len(scored)} by isolation)")
+    counts["suspects_isolated"] = len(isolated)
+    # duplicate groups: union of the duplicate_of links, in output order
+    first_row = {}
+    for i, r in enumerate(rows):
+        first_row.setdefault(r[0], i)
+    parent = list(range(len(rows)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, r in enumerate(rows):
+        j = first_row.get(r[col["duplicate_of"]])
+        if r[col["duplicate_of"]] and j is not None:
+            a, b = root(i), root(j)
+            parent[max(a, b)] = min(a, b)
+    groups = collections.defaultdict(list)
+    for i in range(len(rows)):
+        groups[root(i)].append(i)
+    groups = [g for _, g in sorted(groups.items()) if len(g) > 1]
+    for rank, members in enumerate(groups, 1):
+        first = rows[members[0]]
+        emit("duplicate", rank, first, len(members),
+             f"first of {len(members)} near-identical pictures")
+        for i in members[1:]:
+            emit("duplicate", rank, rows[i], len(members), f"same picture as {first[0]}")
+    counts["duplicate_groups"] = len(groups)
+    counts["duplicates"] = sum(len(g) - 1 for g in groups)
+    return ("\n".join(out) + "\n").encode("utf-8"), counts
 
 
 def tensor_file_name(name: str, count: int, fmt: str) -> str:
@@ -283,7 +363,7 @@ EVENTS_NAME = "events.out.tfevents.0.beam-projector"
 # Every root file a run may write, in the order a publish renames them into
 # place: the extras first, the TensorBoard config last, since the config swap
 # is what makes a run visible.
-ROOT_FILES = (EVENTS_NAME, ERRORS_NAME, standalone.BUNDLE_NAME, standalone.INDEX_NAME, PREVIEW_NAME,
+ROOT_FILES = (EVENTS_NAME, ERRORS_NAME, SUSPECTS_NAME, standalone.BUNDLE_NAME, standalone.INDEX_NAME, PREVIEW_NAME,
               SUMMARY_NAME, standalone.STANDALONE_CONFIG_NAME, CONFIG_NAME)
 # Beam's FileSystems.match and LocalFileSystem.delete read these as a pattern.
 GLOB_CHARS = "*?["
@@ -299,9 +379,12 @@ class PublishError(RuntimeError):
     """Writing the logdir failed; the message names the path and what was undone."""
 
 
-def root_files(preview_png: bool, standalone_export: bool) -> Tuple[str, ...]:
+def root_files(preview_png: bool, standalone_export: bool,
+               suspects: bool = False) -> Tuple[str, ...]:
     """The root files one run writes, in publish order."""
     names = {EVENTS_NAME, ERRORS_NAME, SUMMARY_NAME, CONFIG_NAME}
+    if suspects:
+        names.add(SUSPECTS_NAME)
     if preview_png:
         names.add(PREVIEW_NAME)
     if standalone_export:
@@ -460,11 +543,14 @@ def _temp_paths(out: str, tag: str) -> List[str]:
 
 
 def _root_payloads(assets: Assets, cfg: WriterConfig, folder: str, config: str,
-                   reported_errors: Sequence[ErrorRow]) -> List[Tuple[str, bytes]]:
+                   reported_errors: Sequence[ErrorRow],
+                   suspects: Optional[bytes] = None) -> List[Tuple[str, bytes]]:
     """Every root file this run writes, in publish order (the config last)."""
     out = {EVENTS_NAME: events_file(), ERRORS_NAME: errors_tsv(reported_errors),
            CONFIG_NAME: config.encode("utf-8"),
            SUMMARY_NAME: _writer_summary(assets, cfg, reported_errors)}
+    if suspects is not None:
+        out[SUSPECTS_NAME] = suspects
     if assets.preview_png is not None:
         out[PREVIEW_NAME] = assets.preview_png
     if assets.standalone_tensors:
@@ -501,7 +587,8 @@ def _writer_summary(assets: Assets, cfg: WriterConfig, reported_errors) -> bytes
     return json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
 
 
-def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRow]) -> str:
+def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRow],
+            suspects: Optional[bytes] = None) -> str:
     """Write the data folder and every extra, then swap the config in. Returns the config text.
 
     Under the logdir's publish lock (transforms/lock.py) no other run is
@@ -517,7 +604,7 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
     config = projector.projector_config_text(
         [(name, shape, posixpath.join(folder, path)) for name, shape, path in assets.tensors],
         posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME), assets.tile)
-    payloads = _root_payloads(assets, cfg, folder, config, reported_errors)
+    payloads = _root_payloads(assets, cfg, folder, config, reported_errors, suspects)
     names = [n for n, _ in payloads]
     tag = cfg.run_id if _TAG.match(cfg.run_id or "") else uuid.uuid4().hex
     with PublishLock(out) as lock:
@@ -653,8 +740,12 @@ class _WriteLogdirFn(beam.DoFn):
                 f"{cfg.max_error_fraction:.1%}); nothing published, "
                 f"see {join(cfg.output, ERRORS_NAME)}")
         assets = build_assets(kept, cfg)
+        suspects, suspect_counts = suspects_tsv(cfg.columns, [e.item.metadata for e in kept],
+                                                cfg.label_column)
         release_free_memory()   # the preview's canvas and the matrix building's temporaries
-        publish(assets, cfg, reported)
+        publish(assets, cfg, reported, suspects)
+        for name, value in suspect_counts.items():
+            beam.metrics.Metrics.counter("projector", name).inc(value)
         written = beam.metrics.Metrics.counter("projector", "written")
         written.inc(len(kept))
         beam.metrics.Metrics.counter("projector", "failed").inc(len(reported))

@@ -1,0 +1,329 @@
+"""Neighbour-based metadata columns: where a person should look first.
+
+For every kept image, from its K nearest neighbours (cosine distance on
+centred, L2-normalised embeddings): the share of neighbours that carry its
+label, their majority label, the distance to the K-th neighbour (the outlier
+score) and whether the image is a near-duplicate of an earlier one (judged by
+the pictures themselves, among its embedding neighbours).
+
+The Beam shape: a ``Top`` combiner takes a deterministic sample (the first
+items in output order) from which the centre and a PCA basis are fitted;
+every vector is projected to a few dozen dimensions; the small projected
+matrix (N x dims, sorted by the output order key) is broadcast as a side
+input; each bundle then finds its items' neighbours with matrix products, in
+parallel on every worker. Candidates are re-scored in float64 with a per-pair
+reduction and sorted by (similarity, order key), so the columns do not depend
+on how a runner bundles the items.
+"""
+import collections
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+from PIL import Image
+
+from transforms.items import Embedded, Thumbnail, order_key
+
+# The centre and PCA basis come from the first PCA_SAMPLE items in output
+# order: exact when N <= PCA_SAMPLE, a deterministic sample beyond.
+PCA_SAMPLE = 4096
+# Projected dimensions (recall vs exact in BENCHMARKS.md). Embeddings with at
+# most this many dimensions are used as they are (centred and normalised):
+# the search is then exact.
+PROJECTED_DIMS = 128
+# How many embedding neighbours are checked for near-duplicate pictures
+# (at least K).
+DUPLICATE_CANDIDATES = 20
+# Near-duplicate pictures are compared as SIGNATURE_SIDE^2 grey thumbnails.
+SIGNATURE_SIDE = 16
+# Mean absolute grey difference (0-255) at or below which two pictures are the
+# same picture; measured on scikit-learn digits (BENCHMARKS.md).
+DEFAULT_DUPLICATE_THRESHOLD = 3.0
+# Quantile cuts of nn_distance for its colourable bucket column, estimated on
+# the first CUT_SAMPLE items in output order.
+CUT_SAMPLE = 4096
+DISTANCE_QUANTILES = (0.5, 0.8, 0.95, 0.99)
+DISTANCE_BINS = ("1 nearest 50%", "2 50-80%", "3 80-95%", "4 95-99%", "5 most isolated 1%")
+# nn_label_agreement buckets: (lower bound in tenths, label).
+AGREEMENT_BINS = ((9, "4 agree >=90%"), (6, "3 most 60-90%"), (3, "2 mixed 30-60%"),
+                  (0, "1 disagree <30%"))
+DUPLICATE_ROLES = ("none", "first", "copy")
+# Block size of the blocked top-K search (see search_block).
+_BLOCK = 512
+# float32 scores are only used to pick candidates; anything within this of
+# the cut is re-scored in float64, so runners that round the float32 product
+# differently still end with the same neighbours.
+_SLACK = 1e-4
+
+COLUMNS_WITH_LABEL = ("nn_label_agreement", "nn_label_agreement_bin", "nn_majority_label")
+COLUMNS = ("nn_distance", "nn_distance_bin", "duplicate", "duplicate_of")
+
+
+def neighbor_columns(has_label: bool) -> Tuple[str, ...]:
+    """The column names AddNeighborColumns appends, in order."""
+    return (COLUMNS_WITH_LABEL if has_label else ()) + COLUMNS
+
+
+# --- pure numpy -------------------------------------------------------------
+
+class Projection(NamedTuple):
+    mean: np.ndarray      # (D,) float64
+    basis: np.ndarray     # (D, dims) float64; identity when D <= dims
+
+
+def centre_normalise(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Rows minus the centre, scaled to unit length (a zero row stays zero)."""
+    c = np.asarray(x, dtype=np.float64) - mean
+    norm = np.sqrt((c * c).sum(axis=-1, keepdims=True))
+    return np.divide(c, norm, out=np.zeros_like(c), where=norm > 0)
+
+
+def fit_projection(sample: np.ndarray, dims: int = PROJECTED_DIMS) -> Projection:
+    """Centre and PCA basis from a sample (rows in a fixed order), in float64.
+
+    The basis spans the top ``dims`` principal directions of the centred,
+    normalised sample, so dot products of projected rows approximate cosines.
+    Eigenvector signs are fixed (largest component positive) for determinism.
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    mean = x.mean(axis=0)
+    d = x.shape[1]
+    if d <= dims:
+        return Projection(mean, np.eye(d))
+    u = centre_normalise(x, mean)
+    scatter = u.T @ u
+    values, vectors = np.linalg.eigh(scatter)
+    top = vectors[:, np.argsort(-values, kind="stable")[:dims]]
+    signs = np.sign(top[np.abs(top).argmax(axis=0), np.arange(top.shape[1])])
+    signs[signs == 0] = 1
+    return Projection(mean, top * signs)
+
+
+def project(vector: np.ndarray, proj: Projection) -> np.ndarray:
+    """One vector -> its float32 row in the neighbour matrix.
+
+    Divided by the full centred norm, so a row's length is the share of the
+    vector the basis keeps and dot products approximate full cosines. One
+    vector at a time: the result never depends on a batch's shape.
+    """
+    u = centre_normalise(np.asarray(vector)[None, :], proj.mean)[0]
+    return (u @ proj.basis).astype(np.float32)
+
+
+def signature(thumb: Thumbnail, side: int = SIGNATURE_SIDE) -> bytes:
+    """A small grey version of the sprite thumbnail, to compare pictures."""
+    img = Image.frombytes("RGB", (thumb.width, thumb.height), thumb.rgb).convert("L")
+    return img.resize((side, side), Image.BOX).tobytes()
+
+
+def pixel_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean absolute grey difference (0-255) between signatures (last axis)."""
+    return np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=-1)
+
+
+def search_block(z: np.ndarray, rows: np.ndarray, count: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Top ``count`` neighbours of ``z[rows]`` among all rows of ``z`` (self excluded).
+
+    Returns per query (neighbour rows, float64 similarities), sorted by
+    similarity descending then row (= output order). Exact over ``z``:
+    float32 products pick a candidate superset via block maxima (the
+    count-th largest block maximum is a lower bound of the count-th score),
+    then candidates are re-scored in float64 pair by pair.
+    """
+    n = z.shape[0]
+    count = min(count, n - 1)
+    if count <= 0:
+        return [(np.zeros(0, np.int64), np.zeros(0)) for _ in rows]
+    q = z[rows]
+    # about 4 * count blocks, so the count-th block maximum is a tight bound
+    size = int(min(_BLOCK, max(1, n // (4 * count))))
+    blocks = -(-n // size)
+    scores = np.full((len(rows), blocks * size), -np.inf, dtype=np.float32)
+    np.matmul(q, z.T, out=scores[:, :n])
+    scores[np.arange(len(rows)), rows] = -np.inf
+    by_block = scores.reshape(len(rows), blocks, size)
+    maxima = by_block.max(axis=2)
+    if blocks >= count:
+        bound = np.partition(maxima, blocks - count, axis=1)[:, blocks - count]
+    else:  # tiny N: the count-th score itself
+        bound = np.partition(scores, scores.shape[1] - count, axis=1)[:, scores.shape[1] - count]
+    bound = bound - _SLACK
+    qi, bi = np.nonzero(maxima >= bound[:, None])
+    hit_q, hit_c = np.nonzero(by_block[qi, bi] >= bound[qi, None])
+    query = qi[hit_q]
+    cand = bi[hit_q] * size + hit_c
+    keep = (cand < n) & (cand != rows[query])
+    query, cand = query[keep], cand[keep]
+    exact = (z[cand].astype(np.float64) * q[query].astype(np.float64)).sum(axis=1)
+    order = np.lexsort((cand, -exact, query))
+    query, cand, exact = query[order], cand[order], exact[order]
+    starts = np.searchsorted(query, np.arange(len(rows) + 1))
+    return [(cand[a:a + count], exact[a:a + count]) for a, b in zip(starts[:-1], starts[1:])]
+
+
+def majority(labels: Sequence[str]) -> str:
+    """Most common label; a tie goes to the one met first (the nearest)."""
+    counts = collections.Counter(labels)
+    best = max(counts.values())
+    return next(lab for lab in labels if counts[lab] == best)
+
+
+def agreement_bin(agree: int, k: int) -> str:
+    for tenths, label in AGREEMENT_BINS:
+        if agree * 10 >= tenths * k:
+            return label
+    return AGREEMENT_BINS[-1][1]
+
+
+def distance_bin(distance: float, cuts: Sequence[float]) -> str:
+    return DISTANCE_BINS[sum(distance > c for c in cuts)]
+
+
+def distance_cuts(distances: Sequence[float]) -> Tuple[float, ...]:
+    """Quantile cuts of the K-th neighbour distances (values that occur)."""
+    if not len(distances):
+        return ()
+    d = np.sort(np.asarray(distances, dtype=np.float64))
+    return tuple(float(d[min(len(d) - 1, int(q * len(d)))]) for q in DISTANCE_QUANTILES)
+
+
+def format_distance(sim: float) -> str:
+    return f"{max(0.0, 1.0 - sim):.4f}"
+
+
+class NeighborIndex(NamedTuple):
+    """The broadcast side input: every kept item's row, sorted by order key."""
+    z: np.ndarray                  # (N, dims) float32
+    rows: Dict[tuple, int]         # order key -> row
+    labels: Tuple[str, ...]        # empty when there is no label column
+    images: Tuple[str, ...]        # image column value per row
+    signatures: np.ndarray         # (N, SIGNATURE_SIDE^2) uint8
+    cuts: Tuple[float, ...]        # nn_distance quantile cuts
+
+
+def build_index(rows: Sequence[tuple], k: int) -> NeighborIndex:
+    """(order key, z, label, image, signature) rows -> the side input."""
+    rows = sorted(rows, key=lambda r: r[0])
+    n = len(rows)
+    z = np.stack([r[1] for r in rows]) if n else np.zeros((0, 1), np.float32)
+    labels = tuple(r[2] for r in rows) if n and rows[0][2] is not None else ()
+    sigs = (np.frombuffer(b"".join(r[4] for r in rows), np.uint8).reshape(n, -1)
+            if n else np.zeros((0, SIGNATURE_SIDE ** 2), np.uint8))
+    index = NeighborIndex(z, {r[0]: i for i, r in enumerate(rows)}, labels,
+                          tuple(r[3] for r in rows), sigs, ())
+    sample = np.arange(min(n, CUT_SAMPLE))
+    dists = []
+    for start in range(0, len(sample), 256):
+        for cand, sims in search_block(z, sample[start:start + 256], k):
+            if len(sims):
+                dists.append(max(0.0, 1.0 - float(sims[-1])))
+    return index._replace(cuts=distance_cuts(dists))
+
+
+def neighbor_values(row: int, cand: np.ndarray, sims: np.ndarray, index: NeighborIndex,
+                    k: int, threshold: float) -> Tuple[str, ...]:
+    """The new column values of one item, in neighbor_columns order."""
+    near = cand[:k]
+    out: List[str] = []
+    if index.labels:
+        if len(near):
+            own = index.labels[row]
+            labs = [index.labels[j] for j in near]
+            agree = sum(lab == own for lab in labs)
+            out += [f"{agree / len(near):.2f}", agreement_bin(agree, len(near)), majority(labs)]
+        else:
+            out += ["", "", ""]
+    if len(near):
+        dist = format_distance(float(sims[len(near) - 1]))
+        out += [dist, distance_bin(float(dist), index.cuts)]
+    else:
+        out += ["", ""]
+    dups = cand[pixel_distance(index.signatures[cand], index.signatures[row]) <= threshold] \
+        if len(cand) else cand
+    earlier = dups[dups < row]
+    if len(earlier):
+        out += ["copy", index.images[int(earlier.min())]]
+    else:
+        out += ["first" if len(dups) else "none", ""]
+    return tuple(out)
+
+
+# --- Beam plumbing ----------------------------------------------------------
+
+def _sample_entry(e, t):
+    return order_key(e.item), e.vectors[t]
+
+
+def _fit(sample, dims):
+    sample = sorted(sample, key=lambda kv: kv[0])
+    if not sample:
+        return None
+    return fit_projection(np.stack([v for _, v in sample]), dims)
+
+
+def _slim(e, t, label_index, image_index):
+    """What the index needs of one item, before the wait for the PCA: the
+    thumbnail shrinks to its signature, the other tensors are dropped."""
+    item = e.item
+    label = item.metadata[label_index] if label_index is not None else None
+    image = item.metadata[image_index] if image_index is not None else item.ref
+    return (order_key(item), e.vectors[t], label, image, signature(e.thumbnail))
+
+
+def _index_row(slim, proj):
+    key, vector, label, image, sig = slim
+    return (key, project(vector, proj), label, image, sig)
+
+
+class _NeighborsFn(beam.DoFn):
+    """A batch of items -> the same items with the neighbour columns appended."""
+
+    def __init__(self, k: int, threshold: float):
+        self._k, self._threshold = k, threshold
+
+    def setup(self):
+        self._counter = beam.metrics.Metrics.counter("projector", "neighbors")
+
+    def process(self, batch, index: NeighborIndex):
+        rows = np.array([index.rows[order_key(e.item)] for e in batch], dtype=np.int64)
+        found = search_block(index.z, rows, max(self._k, DUPLICATE_CANDIDATES))
+        for e, row, (cand, sims) in zip(batch, rows, found):
+            values = neighbor_values(int(row), cand, sims, index, self._k, self._threshold)
+            self._counter.inc()
+            yield e._replace(item=e.item._replace(metadata=tuple(e.item.metadata) + values))
+
+
+class AddNeighborColumns(beam.PTransform):
+    """PCollection[Embedded] -> the same, metadata extended by neighbor_columns().
+
+    ``tensor_index`` picks the embedding, ``label_index``/``image_index`` are
+    metadata positions (label None: no agreement columns; image None: the
+    item's ref names it in duplicate_of).
+    """
+
+    def __init__(self, k: int, tensor_index: int = 0, label_index: Optional[int] = None,
+                 image_index: Optional[int] = 0,
+                 threshold: float = DEFAULT_DUPLICATE_THRESHOLD, dims: int = PROJECTED_DIMS,
+                 max_batch: int = 256):
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"neighbours need k >= 1, got {k}")
+        self._k, self._t, self._label, self._image = k, tensor_index, label_index, image_index
+        self._threshold, self._dims, self._max_batch = threshold, dims, max_batch
+
+    def expand(self, embedded):
+        t, k = self._t, self._k
+        proj = (embedded
+                | "SampleKeyed" >> beam.Map(_sample_entry, t)
+                | "FirstInOrder" >> beam.combiners.Top.Of(PCA_SAMPLE, key=lambda kv: kv[0],
+                                                          reverse=True)
+                | "FitPCA" >> beam.Map(_fit, self._dims))
+        index = (embedded
+                 | "Slim" >> beam.Map(_slim, t, self._label, self._image)
+                 | "Project" >> beam.Map(_index_row, beam.pvalue.AsSingleton(proj))
+                 | "AllRows" >> beam.combiners.ToList()
+                 | "Index" >> beam.Map(build_index, k))
+        return (embedded
+                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._max_batch)
+                | "FindNeighbors" >> beam.ParDo(_NeighborsFn(k, self._threshold),
+                                                beam.pvalue.AsSingleton(index)))
