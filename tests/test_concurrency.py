@@ -44,7 +44,14 @@ def slow_write(path, data):
         time.sleep(0.05)
     return real(path, data)
 
+def slow_stream(path, produce):
+    import io
+    buf = io.BytesIO()
+    produce(buf)
+    return slow_write(path, buf.getvalue())
+
 write.write_bytes = slow_write
+write.write_stream = slow_stream
 rng = random.Random(seed)
 for k in range(count):
     time.sleep(rng.uniform(0, 0.3))
