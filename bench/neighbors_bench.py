@@ -67,7 +67,7 @@ def make_chunk(chunk: int, n: int):
         uid = f"{start + i:07d}"
         item = ImageRef(uid, f"img/{uid}.png", None, (f"img/{uid}.png", str(cluster[i])),
                         int(keys[i]))
-        yield Embedded(item, Thumbnail(25, 25, pixels[i].tobytes()), (x[i],))
+        yield Embedded(item, Thumbnail.from_rgb(25, 25, pixels[i].tobytes()), (x[i],))
 
 
 def _digest(e):

@@ -75,7 +75,7 @@ def test_signatures_match_copies_and_not_other_pictures():
 
     def sig(img):
         t = img.resize((32, 32), Image.BILINEAR)
-        return np.frombuffer(nb.signature(Thumbnail(32, 32, t.tobytes())), np.uint8)
+        return np.frombuffer(nb.signature(Thumbnail.from_image(t)), np.uint8)
 
     assert nb.pixel_distance(sig(a), sig(a)) == 0
     assert nb.pixel_distance(sig(a), sig(a.resize((80, 80)))) <= nb.DEFAULT_DUPLICATE_THRESHOLD

@@ -112,7 +112,7 @@ def project(vector: np.ndarray, proj: Projection) -> np.ndarray:
 
 def signature(thumb: Thumbnail, side: int = SIGNATURE_SIDE) -> bytes:
     """A small grey version of the sprite thumbnail, to compare pictures."""
-    img = Image.frombytes("RGB", (thumb.width, thumb.height), thumb.rgb).convert("L")
+    img = thumb.image().convert("L")
     return img.resize((side, side), Image.BOX).tobytes()
 
 
