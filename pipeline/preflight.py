@@ -9,6 +9,7 @@ import uuid
 from typing import NamedTuple, Optional, Tuple
 
 from apache_beam.io.filesystem import FileSystem
+from apache_beam.io.filesystems import FileSystems
 
 from transforms import checks, projector, sources, write
 from transforms.inference import ModelSpec

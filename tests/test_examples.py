@@ -94,3 +94,29 @@ def test_public_names():
 
     for name in transforms.__all__:
         assert getattr(transforms, name).__doc__ or name.isupper(), name
+
+
+def _append_norm_bucket(e):
+    """An after_embed stage: one more metadata value per Embedded element."""
+    import numpy as np
+    bucket = "high" if float(np.linalg.norm(e.vectors[0])) > 1.0 else "low"
+    return e._replace(item=e.item._replace(metadata=e.item.metadata + (bucket,)))
+
+
+def test_after_embed_stage_adds_a_column(model_path, tmp_path):
+    """The slot for stages between embedding and the write (e.g. neighbour
+    columns): their appended values reach metadata.tsv under extra_columns."""
+    from pipeline.examples.from_rows import digit_rows
+    from transforms import ImagesToProjector
+
+    out = str(tmp_path / "extra")
+    rows = digit_rows(30)
+    with beam.Pipeline(runner="FnApiRunner") as p:
+        (p | beam.Create([(r["png"], [r["label"]]) for r in rows])
+           | ImagesToProjector(output=out, model=model_path, layers=["embedding"],
+                               columns=["label"], max_items=20,
+                               after_embed=["Bucket" >> beam.Map(_append_norm_bucket)],
+                               extra_columns=["norm"]))
+    meta = _metadata(out)
+    assert meta[0] == "label\tnorm" and len(meta) == 21
+    assert {line.split("\t")[1] for line in meta[1:]} <= {"high", "low"}

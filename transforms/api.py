@@ -275,7 +275,9 @@ class ImagesToProjector(beam.PTransform):
             embedded = self._watch("embedded", embedded,
                                    total=first_n.kept_keys | "CountSelected" >> beam.Map(len))
         for i, stage in enumerate(self._after_embed):
-            embedded = embedded | f"AfterEmbed{i}" >> stage
+            # a stage given as "Label" >> transform keeps its label
+            named = hasattr(stage, "transform")
+            embedded = embedded | (stage if named else f"AfterEmbed{i}" >> stage)
         errors = ((*upstream, *self._errors, decode_errors, embed_errors)
                   | "AllErrors" >> beam.Flatten(pipeline=p))
         cfg = write.WriterConfig(
