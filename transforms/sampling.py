@@ -40,6 +40,8 @@ class SampleItems(beam.PTransform):
 
     ``per_label`` applies a per-label bottom-k first; the global bottom-k of
     those is still uniform within each label's quota and deterministic.
+
+        sample = refs | SampleItems(1000, seed=0)
     """
 
     def __init__(self, n: int, seed: int, per_label: Optional[int] = None,
