@@ -174,7 +174,7 @@ class ImagesToProjector(beam.PTransform):
     def __init__(self, output: str, model: Union[str, ModelSpec], layers: Sequence[str] = (),
                  columns: Optional[Sequence[str]] = None, max_items: int = 1500, seed: int = 0,
                  max_per_label: Optional[int] = None, label_column: str = "label",
-                 tile_size: int = 100, batch_size: int = 32, resize: str = "pad",
+                 tile_size: int = 100, batch_size: int = 16, resize: str = "pad",
                  pixel_scale: str = "raw", image_size: Tuple[int, ...] = (),
                  signature: str = "serving_default", outputs: Sequence[str] = (),
                  pool: str = "", tensor_format: str = "tsv", preview: bool = True,
