@@ -43,7 +43,12 @@ def option_parser():
 
 def _actions(parser) -> Dict[str, object]:
     # argparse exposes no public listing of its actions; _option_string_actions
-    # is the stable mapping it uses itself to parse "--flag".
+    # is the stable mapping it uses itself to parse "--flag". Beam's public
+    # PipelineOptions.from_dictionary was weighed (issue 13) and does not
+    # keep today's behaviour: it validates no key (no "did you mean"), turns
+    # every list into repeated flags (wrong for comma-list and nargs options)
+    # and silently drops a switch given a non-boolean; get_all_options() keys
+    # are dests, not the flag names a config uses (--no_use_public_ips).
     return {flag: action for flag, action in parser._option_string_actions.items()
             if flag.startswith("--") and action.dest != "help"}
 

@@ -8,6 +8,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.checks import MAX_TILE, MIN_TILE  # noqa: F401 - the tile range, declared once
 from transforms.decode import RESIZE_MODES
 from transforms.inference import PIXEL_SCALES, POOLS
 from transforms.items import DEFAULT_MAX_IMAGE_BYTES
@@ -15,7 +16,6 @@ from transforms.neighbors import DEFAULT_DUPLICATE_THRESHOLD
 from transforms.sources import COMPRESSIONS
 from transforms.write import TENSOR_FORMATS
 
-MIN_TILE, MAX_TILE = 8, 1024
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 

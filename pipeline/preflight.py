@@ -3,7 +3,6 @@
 Each failure is one line that says what to fix, so a typo costs seconds,
 not a cluster start-up.
 """
-import math
 import os
 import re
 import uuid
@@ -12,9 +11,9 @@ from typing import NamedTuple, Optional, Tuple
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.options import MAX_TILE, MIN_TILE
-from transforms import projector, sources, write
-from transforms.inference import ModelSpec, shared_embedding_model
+from transforms import checks, projector, sources, write
+from transforms.inference import ModelSpec
+from transforms.sampling import failure_margin, sample_sizes  # noqa: F401 - failure_margin: re-exported
 
 
 class UsageError(ValueError):
@@ -34,35 +33,10 @@ class Plan(NamedTuple):
     run_id: str = ""                   # names this run in the logdir's manifest
 
 
-def failure_margin(max_items: int, max_error_fraction: float) -> int:
-    """Extra items to sample so that failures up to the allowed fraction do
-    not shrink the output below max_items."""
-    return int(math.ceil(max_items * max_error_fraction / max(1e-9, 1 - max_error_fraction))) + 1
-
-
 def _check_output(output: str, names=write.root_files(True, False)) -> None:
-    """Writable, no glob characters, and none of ``names`` (the root files
-    this run writes) is a file beam-projector did not write."""
-    globs = write.glob_chars(output)
-    if globs:
-        # Beam's FileSystems.match/delete would read the path as a pattern and
-        # could reach sibling folders: refused rather than escaped, since each
-        # filesystem escapes differently (or not at all).
-        raise UsageError(f"--output {output} contains the glob character(s) {globs!r}; "
-                         "Beam's file systems treat them as patterns, so choose a name "
-                         "without * ? [")
-    probe = FileSystems.join(output, f".write-probe-{uuid.uuid4().hex}")
     try:
-        if "://" not in output:
-            FileSystems.mkdirs(output) if not FileSystems.exists(output) else None
-        with FileSystems.create(probe) as f:
-            f.write(b"ok")
-        FileSystems.delete([probe])
-    except Exception as e:  # noqa: BLE001
-        raise UsageError(f"--output {output} is not writable: {e}") from None
-    try:
-        write.check_output_owned(output, names)
-    except write.OwnershipError as e:
+        checks.check_output(output, names, prefix="--")
+    except ValueError as e:
         raise UsageError(str(e)) from None
 
 
@@ -100,17 +74,11 @@ def make_plan(po) -> Plan:
     for flag in ("input", "model", "output"):
         if not getattr(po, flag):
             raise UsageError(f"--{flag} is required")
-    if po.max_items is None or po.max_items < 1:
-        raise UsageError(f"--max_items must be at least 1, got {po.max_items}")
-    if not MIN_TILE <= po.tile_size <= MAX_TILE:
-        raise UsageError(f"--tile_size must be between {MIN_TILE} and {MAX_TILE} px, got {po.tile_size}")
-    if po.batch_size < 1:
-        raise UsageError(f"--batch_size must be at least 1, got {po.batch_size}")
-    if not 0.0 <= po.max_error_fraction < 1.0:
-        raise UsageError(f"--max_error_fraction must be in [0, 1), got {po.max_error_fraction}")
-
-    if po.max_per_label is not None and po.max_per_label < 1:
-        raise UsageError(f"--max_per_label must be at least 1, got {po.max_per_label}")
+    try:
+        checks.check_settings(po.max_items, po.tile_size, po.batch_size,
+                              po.max_error_fraction, po.max_per_label, prefix="--")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
     try:
         source = sources.describe_input(
@@ -135,21 +103,20 @@ def make_plan(po) -> Plan:
                      outputs=po.outputs, pixel_scale=po.pixel_scale, image_size=image_size,
                      pool=po.pool or "")
     try:
-        model = shared_embedding_model(spec)
+        model_size, tensor_names = checks.check_model(spec)
+        checks.check_max_image_bytes(po.max_image_bytes, prefix="--")
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if po.max_image_bytes is None or po.max_image_bytes < 1:
-        raise UsageError(f"--max_image_bytes must be at least 1, got {po.max_image_bytes}")
     _check_not_inside_input(po.output, source)
     _check_output(po.output, write.root_files(not po.no_preview, po.standalone,
                                               suspects=bool(po.neighbors)))
 
-    margin = failure_margin(po.max_items, po.max_error_fraction)
     return Plan(
         input_paths=source.paths, columns=columns, model=spec,
-        model_size=tuple(model.input_size[:2]), tensor_names=tuple(model.names),
+        model_size=model_size, tensor_names=tensor_names,
         tile=projector.tile_size_for(po.max_items, po.tile_size),
-        sample_size=po.max_items + margin, label_index=label_index, source=source,
+        sample_size=sample_sizes(po.max_items, po.max_error_fraction).total,
+        label_index=label_index, source=source,
         run_id=uuid.uuid4().hex)
 
 

@@ -18,6 +18,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.quiet import QUIET_ENV, quiet_pillow_warnings
+from transforms.items import METRICS_NAMESPACE
 from transforms.write import SUMMARY_NAME  # one name for the writer and the launcher
 
 LOG = logging.getLogger("beam-projector")
@@ -213,7 +214,7 @@ def _value(counter_result):
     return counter_result.attempted if value is None else value
 
 
-def read_counters(result, namespace: str = "projector") -> dict:
+def read_counters(result, namespace: str = METRICS_NAMESPACE) -> dict:
     """The job's counters in ``namespace``, summed over steps."""
     out = {}
     for c in result.metrics().query(beam.metrics.MetricsFilter())["counters"]:

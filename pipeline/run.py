@@ -1,7 +1,9 @@
 """Entry point: ``python -m pipeline.run`` / ``beam-projector``.
 
-Validates everything on the launcher (``preflight``), composes the graph
-(``build``) and runs it on whatever runner the Beam options name.
+Options, checks, one composite: parses the options, validates everything on
+the launcher (``preflight``), applies the public ``ReadImages`` and
+``ImagesToProjector`` (``build``: the same graph a library user gets) and
+runs it on whatever runner the Beam options name.
 """
 import json
 import logging
@@ -17,106 +19,35 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 
 from pipeline.config import expand_config
 from pipeline.options import ProjectorOptions, format_beam_help, format_help, help_requested
-from pipeline.preflight import Plan, UsageError, failure_margin, make_plan, neighbor_plan
+from pipeline.preflight import Plan, UsageError, make_plan, neighbor_plan
 from pipeline.progress import (COUNTERS, LogProgress, end_live_line, large_tsv_hint,
                                read_counters, summary_bytes)
 from pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
-from transforms.decode import ThumbnailImages
-from transforms.inference import EmbedImages
-from transforms.items import order_key
-from transforms.projector import tile_size_for
+from transforms.api import ImagesToProjector, ReadImages
 from transforms.neighbors import AddNeighborColumns, neighbor_columns
-from transforms.sampling import KeepFirstPerLabel, SampleItems
-from transforms.sources import ReadImageRefs
-from transforms.write import SUMMARY_NAME, WriteProjectorLogdir, WriterConfig, update_summary
+from transforms.write import SUMMARY_NAME, update_summary
 
 LOG = logging.getLogger("beam-projector")
 
 
-def _count(name):
-    counter = beam.metrics.Metrics.counter("projector", name)
-
-    def inc(x):
-        counter.inc()
-        return x
-    return inc
-
-
-def _item_of(decoded):
-    return decoded.item
-
-
-def _tile_for(sampled: int, max_items: int, requested: int) -> int:
-    return tile_size_for(max(1, min(sampled, max_items)), requested)
-
-
-def _nth_key(keys):
-    return keys[-1] if keys else None
-
-
-def _within(decoded, last_key):
-    return last_key is not None and order_key(decoded.item) <= last_key
-
-
 def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
-    """The graph: read -> sample -> reshuffle -> thumbnail -> keep N -> decode + embed -> write.
-
-    Only small elements cross a stage boundary: references and metadata up
-    to the cut, thumbnails with them after it, vectors into the writer. The
-    model-sized decode happens inside the embedding stage (flat memory).
-    """
-    refs, read_errors = p | "ReadInput" >> ReadImageRefs(
-        plan.source, max_record_bytes=po.max_image_bytes)
-    refs = refs | "ProgressRead" >> LogProgress("read")
-    # Each label's quota gets the same kind of failure margin as the total.
-    per_label = po.max_per_label
-    sample_per_label = (per_label + failure_margin(per_label, po.max_error_fraction)
-                        if per_label else None)
-    sampled = (refs
-               | "Sample" >> SampleItems(plan.sample_size, po.seed,
-                                         per_label=sample_per_label, label_index=plan.label_index)
-               | "CountSampled" >> beam.Map(_count("sampled")))
-    # Thumbnails are made at the tile the sprite will have: from the number
-    # of items actually sampled (at most N), not the requested N alone.
-    tile = (sampled
-            | "SampleSize" >> beam.combiners.Count.Globally()
-            | "TileSize" >> beam.Map(_tile_for, po.max_items, po.tile_size))
-    checked, decode_errors = (sampled
-                              | "Spread" >> beam.Reshuffle()
-                              | "Thumbnail" >> ThumbnailImages(
-                                  tile, max_bytes=po.max_image_bytes))
-    checked = checked | "ProgressDecoded" >> LogProgress("decoded")
-    if per_label:
-        checked = checked | "KeepFirstPerLabel" >> KeepFirstPerLabel(
-            per_label, plan.label_index, item_of=_item_of)
-    # The sample holds a margin beyond N so that failed images do not shrink
-    # the output; keep exactly the first N that decoded, in key order, before
-    # paying for inference.
-    first_keys = (checked
-                  | "OrderKeys" >> beam.Map(lambda d: order_key(d.item))
-                  | "FirstNKeys" >> beam.combiners.Top.Of(po.max_items, reverse=True))
-    last_key = first_keys | "LastKept" >> beam.Map(_nth_key)
-    selected = checked | "KeepFirstN" >> beam.Filter(_within, beam.pvalue.AsSingleton(last_key))
-    embedded, embed_errors = selected | "Embed" >> EmbedImages(
-        plan.model, plan.model_size, po.batch_size, po.resize, max_bytes=po.max_image_bytes)
-    # total: how many go to the model (= len(first_keys), known before the
-    # first model call; a Count of `selected` would hold the progress step
-    # back until every image is embedded, since it waits on that side input).
-    embedded = embedded | "ProgressEmbedded" >> LogProgress(
-        "embedded", total=first_keys | "CountSelected" >> beam.Map(len))
+    """The CLI's graph: the public source and composite, as a library user
+    applies them (``transforms.api``), from the options and the checked plan."""
     nn = neighbor_plan(po, plan)
-    if nn:
-        embedded = embedded | "Neighbors" >> AddNeighborColumns(
-            nn.k, nn.tensor_index, nn.label_index, 0, nn.threshold)
-    errors = (read_errors, decode_errors, embed_errors) | "AllErrors" >> beam.Flatten()
-    columns = plan.columns + (neighbor_columns(nn.label_index is not None) if nn else ())
-    cfg = WriterConfig(output=po.output, columns=columns, tensor_names=plan.tensor_names,
-                       tile=po.tile_size, max_items=po.max_items,
-                       max_error_fraction=po.max_error_fraction, tensor_format=po.tensor_format,
-                       preview=not po.no_preview, standalone=po.standalone,
-                       run_id=plan.run_id, label_column=nn.label_column if nn else "",
-                       options_json=json.dumps(_options_used(po), sort_keys=True, default=str))
-    return (embedded, errors) | "WriteLogdir" >> WriteProjectorLogdir(cfg)
+    after_embed = [("Neighbors" >> AddNeighborColumns(
+        nn.k, nn.tensor_index, nn.label_index, 0, nn.threshold))] if nn else []
+    read = p | "ReadInput" >> ReadImages(spec=plan.source, max_record_bytes=po.max_image_bytes)
+    return read | "Projector" >> ImagesToProjector(
+        output=po.output, model=plan.model, columns=plan.columns, max_items=po.max_items,
+        seed=po.seed, max_per_label=po.max_per_label, label_column=po.label_column,
+        tile_size=po.tile_size, batch_size=po.batch_size, resize=po.resize,
+        tensor_format=po.tensor_format, preview=not po.no_preview, standalone=po.standalone,
+        max_error_fraction=po.max_error_fraction, max_image_bytes=po.max_image_bytes,
+        progress=LogProgress, run_id=plan.run_id,
+        after_embed=after_embed,
+        extra_columns=neighbor_columns(nn.label_index is not None) if nn else (),
+        suspects_label_column=nn.label_column if nn else "",
+        options_json=json.dumps(_options_used(po), sort_keys=True, default=str))
 
 
 def default_local_runner(options: PipelineOptions) -> None:

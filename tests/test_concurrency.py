@@ -4,7 +4,6 @@ killed run (its lock included) never blocks or corrupts the next one."""
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 from PIL import Image
 
 from support import check_live_projector
-from transforms import lock, write
+from transforms import lock, projector, write
 from transforms.items import Embedded, ImageRef, Thumbnail
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,8 +76,9 @@ def folder_problem(out):
     folder = write._referenced_data_dir(text)
     problem = None
     try:
-        shape = [int(v) for v in re.findall(r"tensor_shape: (\d+)", text)]
-        tensor_path = re.findall(r'tensor_path: "([^"]+)"', text)[0]
+        embedding = projector.parse_projector_config(text).embeddings[0]
+        shape = list(embedding.tensor_shape)
+        tensor_path = embedding.tensor_path
         tensor = open(os.path.join(out, tensor_path), "rb").read()
         rows = (len(tensor) // (4 * shape[1]) if tensor_path.endswith(".bytes")
                 else len(tensor.decode().splitlines()))
@@ -288,7 +288,8 @@ def test_two_cli_runs_into_one_output(digits, model_path, tmp_path):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err.decode()[-2000:]
     assert_tidy(out)
-    n = int(re.findall(r"tensor_shape: (\d+)", open(os.path.join(out, write.CONFIG_NAME)).read())[0])
+    n = projector.parse_projector_config(
+        open(os.path.join(out, write.CONFIG_NAME)).read()).embeddings[0].tensor_shape[0]
     shape = json.load(open(os.path.join(out, write.SUMMARY_NAME)))["counters"]["written"]
     assert shape == n   # the summary describes the projector that is live
     check_live_projector(out, n=n, dims={"embedding": 8}, tile=16)

@@ -27,11 +27,10 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image, ImageFile, ImageOps
 
-from transforms.items import (DEFAULT_MAX_IMAGE_BYTES, ErrorRow, ImageRef, Thumbnail,
-                              Thumbnailed)
+from transforms.items import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE,
+                              ErrorRow, ImageRef, Thumbnail, Thumbnailed)
 from transforms.projector import fit_within
 
-ERRORS_TAG = "errors"
 RESIZE_MODES = ("pad", "crop", "stretch")
 # Pillow's own guard (about 179M pixels raises) stays on; we turn its warning
 # band (Image.MAX_IMAGE_PIXELS, 89M, to 179M) into an error too (see _open):
@@ -396,8 +395,8 @@ class ThumbnailImagesFn(beam.DoFn):
     def __init__(self, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         self._max_bytes = max_bytes
         self._threads = threads
-        self._decoded = beam.metrics.Metrics.counter("projector", "decoded")
-        self._failed = beam.metrics.Metrics.counter("projector", "failed_decode")
+        self._decoded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "decoded")
+        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_decode")
         self._pool = None
 
     def setup(self):
@@ -479,7 +478,7 @@ class DecodeForModelFn(beam.DoFn):
         self._resize_mode = resize_mode
         self._ahead = max(1, ahead)
         self._threads = threads
-        self._failed = beam.metrics.Metrics.counter("projector", "failed_embed")
+        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_embed")
         self._pool = None
         self._pending = None
 

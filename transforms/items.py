@@ -14,6 +14,12 @@ from typing import NamedTuple, Optional, Tuple
 # at this many bytes + 1.
 DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
+# Names shared by every stage, in one place: the Beam metrics namespace of
+# every counter (pipeline.progress reads it back), and the tag of every
+# dead-letter output (ErrorRow elements) a step emits beside its main one.
+METRICS_NAMESPACE = "projector"
+ERRORS_TAG = "errors"
+
 
 class ImageRef(NamedTuple):
     """One input item before decoding."""

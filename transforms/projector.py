@@ -208,3 +208,13 @@ def projector_config_text(tensors: Sequence[Tuple[str, Tuple[int, int], str]],
             emb.sprite.image_path = sprite_path
             emb.sprite.single_image_dim.extend([tile, tile])
     return text_format.MessageToString(config)
+
+
+def parse_projector_config(text: str):
+    """A ``projector_config.pbtxt``'s text -> TensorBoard's ``ProjectorConfig``
+    proto (text_format, as TensorBoard itself reads it). Raises
+    ``google.protobuf.text_format.ParseError`` on text that is not one."""
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+    return text_format.Parse(text, ProjectorConfig())

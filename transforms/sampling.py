@@ -8,7 +8,8 @@ memory per worker, and is the same on every runner. Beam's
 Keys also give a stable total order, which the writer uses for row order.
 """
 import hashlib
-from typing import Optional
+import math
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 
@@ -39,6 +40,8 @@ class SampleItems(beam.PTransform):
 
     ``per_label`` applies a per-label bottom-k first; the global bottom-k of
     those is still uniform within each label's quota and deterministic.
+
+        sample = refs | SampleItems(1000, seed=0)
     """
 
     def __init__(self, n: int, seed: int, per_label: Optional[int] = None,
@@ -62,24 +65,108 @@ class SampleItems(beam.PTransform):
             | "Unpack" >> beam.FlatMap(lambda items: items))
 
 
-class KeepFirstPerLabel(beam.PTransform):
+def failure_margin(max_items: int, max_error_fraction: float) -> int:
+    """Extra items to sample so that failures up to the allowed fraction do
+    not shrink the output below max_items."""
+    return int(math.ceil(max_items * max_error_fraction / max(1e-9, 1 - max_error_fraction))) + 1
+
+
+class SampleSizes(NamedTuple):
+    """How many to sample: the total and per-label quotas, each with its margin."""
+    total: int                    # max_items + margin
+    per_label: Optional[int]      # max_per_label + margin, or None (no per-label cap)
+
+
+def sample_sizes(max_items: int, max_error_fraction: float,
+                 max_per_label: Optional[int] = None) -> SampleSizes:
+    """The one place the failure margins are computed: the total and each
+    label's quota get the same kind of margin, so failed images do not
+    shrink either below what was asked."""
+    per_label = (max_per_label + failure_margin(max_per_label, max_error_fraction)
+                 if max_per_label else None)
+    return SampleSizes(max_items + failure_margin(max_items, max_error_fraction), per_label)
+
+
+def _last_kept(keys):
+    return keys[-1] if keys else None
+
+
+def _within(element, last_key, item_of):
+    return last_key is not None and order_key(item_of(element)) <= last_key
+
+
+def _within_group(element, last_keys, item_of, group_of):
+    return order_key(item_of(element)) <= last_keys[group_of(item_of(element))]
+
+
+class _KeepFirst(beam.PTransform):
+    """Keep the ``k`` elements with the smallest keys, overall or per group.
+
+    The shared logic of ``KeepFirstN`` and ``KeepFirstPerLabel``: the k
+    smallest order keys (a ``Top`` combine: O(k) memory per worker), the
+    largest of them as a singleton/dict side input, and a filter by it.
+    ``item_of`` maps an element to its ImageRef; ``group_of`` an ImageRef to
+    its group (None: one group).
+    """
+
+    def __init__(self, k: int, item_of=lambda e: e, group_of=None):
+        super().__init__()
+        self._k, self._item_of, self._group_of = k, item_of, group_of
+        self.kept_keys = None   # overall cut: the PCollection of the k kept keys
+
+    def expand(self, elements):
+        item_of, group_of = self._item_of, self._group_of
+        if group_of is None:
+            self.kept_keys = (elements
+                              | "OrderKeys" >> beam.Map(lambda e: order_key(item_of(e)))
+                              | "FirstNKeys" >> beam.combiners.Top.Of(self._k, reverse=True))
+            last = self.kept_keys | "LastKept" >> beam.Map(_last_kept)
+            return elements | "KeepFirstN" >> beam.Filter(
+                _within, beam.pvalue.AsSingleton(last), item_of)
+        cut = (elements
+               | "LabelKeys" >> beam.Map(
+                   lambda e: (group_of(item_of(e)), order_key(item_of(e))))
+               | "FirstKPerLabel" >> beam.combiners.Top.PerKey(self._k, reverse=True)
+               | "LastKeptPerLabel" >> beam.Map(lambda kv: (kv[0], _last_kept(kv[1]))))
+        return elements | "WithinLabelQuota" >> beam.Filter(
+            _within_group, beam.pvalue.AsDict(cut), item_of, group_of)
+
+
+class KeepFirstN(_KeepFirst):
+    """Keep the ``n`` elements with the smallest keys (the sample's order).
+
+    The sample holds a margin beyond N so that failed images do not shrink
+    the output; this keeps exactly the first N that got this far, before
+    paying for inference. After expansion ``kept_keys`` is the PCollection
+    of the one list of kept keys (its length: how many pass, known before
+    the first of them does).
+
+        first = thumbnails | KeepFirstN(1000, item_of=lambda t: t.item)
+    """
+
+    def __init__(self, n: int, item_of=lambda e: e):
+        super().__init__(n, item_of=item_of)
+
+
+class KeepFirstPerLabel(_KeepFirst):
     """Keep, per label, the ``k`` elements with the smallest keys.
 
     Applied after decoding, so a label whose sampled images partly failed
     still gets its ``k`` from the margin sampled beyond it. ``item_of`` maps
     an element to its ImageRef.
+
+        per_label = thumbnails | KeepFirstPerLabel(50, label_index=0, item_of=lambda t: t.item)
     """
 
     def __init__(self, k: int, label_index: int, item_of=lambda e: e):
-        super().__init__()
-        self._k, self._label_index, self._item_of = k, label_index, item_of
+        super().__init__(k, item_of=item_of, group_of=_LabelOf(label_index))
 
-    def expand(self, elements):
-        idx, item_of = self._label_index, self._item_of
-        cut = (elements
-               | "LabelKeys" >> beam.Map(lambda e: (_label_of(item_of(e), idx), order_key(item_of(e))))
-               | "FirstKPerLabel" >> beam.combiners.Top.PerKey(self._k, reverse=True)
-               | "LastKeptPerLabel" >> beam.Map(lambda kv: (kv[0], kv[1][-1])))
-        return elements | "WithinLabelQuota" >> beam.Filter(
-            lambda e, last: order_key(item_of(e)) <= last[_label_of(item_of(e), idx)],
-            beam.pvalue.AsDict(cut))
+
+class _LabelOf:
+    """Picklable ``item -> item.metadata[label_index]``."""
+
+    def __init__(self, label_index: int):
+        self._index = label_index
+
+    def __call__(self, item: ImageRef) -> str:
+        return _label_of(item, self._index)

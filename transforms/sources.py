@@ -22,9 +22,8 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.items import DEFAULT_MAX_IMAGE_BYTES, ErrorRow, ImageRef
-
-ERRORS_TAG = "errors"
+from transforms.items import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE, ErrorRow,
+                              ImageRef)
 
 
 class SourceError(ValueError):
@@ -135,8 +134,8 @@ class _ReadCsvFn(beam.DoFn):
 
     def __init__(self, image_column: str):
         self._image_column = image_column
-        self._read = beam.metrics.Metrics.counter("projector", "read")
-        self._bad = beam.metrics.Metrics.counter("projector", "failed_read")
+        self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read")
+        self._bad = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_read")
 
     def _error(self, path, line_no, reason):
         self._bad.inc()
@@ -711,8 +710,8 @@ class _ExampleToRefFn(beam.DoFn):
         self._image_feature = image_feature
         self._features = tuple(features)
         self._label_names = dict(label_names)
-        self._read = beam.metrics.Metrics.counter("projector", "read")
-        self._bad = beam.metrics.Metrics.counter("projector", "failed_read")
+        self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read")
+        self._bad = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_read")
 
     def _error(self, where: str, reason: str):
         self._bad.inc()
@@ -777,7 +776,7 @@ class _ReadTFRecordFileFn(beam.DoFn):
         self._compression = compression
         self._auto = auto   # resolve per file: a glob may mix plain and GZIP shards
         self._max_record_bytes = max_record_bytes
-        self._bad = beam.metrics.Metrics.counter("projector", "failed_read")
+        self._bad = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_read")
 
     def process(self, path: str):
         offset = count = 0
@@ -847,8 +846,8 @@ class _FileToRefFn(beam.DoFn):
 
     def __init__(self, root: str, labelled: bool):
         self._root, self._labelled = root, labelled
-        self._read = beam.metrics.Metrics.counter("projector", "read")
-        self._skipped = beam.metrics.Metrics.counter("projector", "skipped_non_image")
+        self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read")
+        self._skipped = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "skipped_non_image")
 
     def process(self, metadata):
         path = metadata.path

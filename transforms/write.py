@@ -25,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import preview, projector, standalone
 from transforms.decode import release_free_memory
-from transforms.items import Embedded, ErrorRow, order_key
+from transforms.items import METRICS_NAMESPACE, Embedded, ErrorRow, order_key
 from transforms.lock import PublishLock, is_local
 
 LOG = logging.getLogger(__name__)
@@ -345,10 +345,19 @@ def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
 
 
 def _referenced_data_dir(config_text: Optional[str]) -> Optional[str]:
+    """The ``data-<digest>`` folder a config's first embedding reads its
+    metadata from, read through the proto; None when there is none."""
     if not config_text:
         return None
-    m = re.search(r'metadata_path: "(data-[0-9a-f]+)/', config_text)
-    return m.group(1) if m else None
+    try:
+        config = projector.parse_projector_config(config_text)
+    except Exception:  # noqa: BLE001 - text_format.ParseError: not one of our configs
+        return None
+    for embedding in config.embeddings[:1]:
+        folder = embedding.metadata_path.split("/", 1)[0]
+        if "/" in embedding.metadata_path and _DATA_FOLDER.match(folder):
+            return folder
+    return None
 
 
 # --- what the tool owns in a logdir, and the publish step ------------------------------
@@ -745,10 +754,10 @@ class _WriteLogdirFn(beam.DoFn):
         release_free_memory()   # the preview's canvas and the matrix building's temporaries
         publish(assets, cfg, reported, suspects)
         for name, value in suspect_counts.items():
-            beam.metrics.Metrics.counter("projector", name).inc(value)
-        written = beam.metrics.Metrics.counter("projector", "written")
+            beam.metrics.Metrics.counter(METRICS_NAMESPACE, name).inc(value)
+        written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "written")
         written.inc(len(kept))
-        beam.metrics.Metrics.counter("projector", "failed").inc(len(reported))
+        beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed").inc(len(reported))
         yield {"written": len(kept), "failed": len(reported), "digest": assets.digest,
                "tensors": [(n, list(s)) for n, s, _ in assets.tensors], "tile": assets.tile}
 
