@@ -461,22 +461,24 @@ def _model_input_one(element: Thumbnailed, model_size, resize_mode,
 
 
 class DecodeForModelFn(beam.DoFn):
-    """Thumbnailed -> ((item, thumbnail), model input pixels), decoded ahead.
+    """Thumbnailed -> ((item, thumbnail), model input pixels), a block at a time.
 
-    A thread pool decodes up to ``ahead`` elements beyond the one being
-    handed downstream, so decoding overlaps the model call that the fused
-    RunInference step makes on this thread, and the pixels in flight are
-    bounded by ``ahead`` plus one batch, whatever N is. (A ModelHandler
-    preprocess function would decode on the inference thread, serially.)
-    Results come out in input order.
+    Elements are decoded ``block`` at a time on a thread pool (Pillow
+    releases the GIL, so every core decodes), then handed downstream, where
+    the fused RunInference step calls the model on this thread. Decoding and
+    the model take turns rather than overlap: on a machine the model already
+    fills, decode threads running beside TensorFlow's stall its parallel ops
+    (measured: about 30 % slower on MobileNetV2 with 2 cores). The pixels in
+    flight are bounded by the block plus one batch, whatever N is; results
+    come out in input order.
     """
 
     def __init__(self, model_size: Tuple[int, int], resize_mode: str = "pad",
-                 ahead: int = 64, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+                 block: int = 32, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         self._max_bytes = max_bytes
         self._model_size = tuple(model_size)
         self._resize_mode = resize_mode
-        self._ahead = max(1, ahead)
+        self._block = max(1, block)
         self._threads = threads
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_embed")
         self._pool = None
@@ -495,15 +497,20 @@ class DecodeForModelFn(beam.DoFn):
         self._pending = collections.deque()
 
     def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
-        self._pending.append((self._pool.submit(
-            _model_input_one, element, self._model_size, self._resize_mode, self._max_bytes),
-            window, timestamp))
-        while len(self._pending) > self._ahead:
-            yield from self._emit(*self._pending.popleft(), windowed=False)
+        self._pending.append((element, window, timestamp))
+        if len(self._pending) >= self._block:
+            yield from self._flush(windowed=False)
 
     def finish_bundle(self):
-        while self._pending:
-            yield from self._emit(*self._pending.popleft(), windowed=True)
+        yield from self._flush(windowed=True)
+
+    def _flush(self, windowed):
+        block, self._pending = list(self._pending), collections.deque()
+        futures = [self._pool.submit(_model_input_one, element, self._model_size,
+                                     self._resize_mode, self._max_bytes)
+                   for element, _, _ in block]
+        for future, (_, window, timestamp) in zip(futures, block):
+            yield from self._emit(future, window, timestamp, windowed)
 
     def _emit(self, future, window, timestamp, windowed):
         element, result = future.result()

@@ -399,7 +399,7 @@ def _to_embedded(keyed, counter_ok, counter_bad):
 class EmbedImages(beam.PTransform):
     """Thumbnailed -> Embedded (+ ``errors``), in one fused stage.
 
-    Decoding for the model (``DecodeForModelFn``, ahead on a thread pool)
+    Decoding for the model (``DecodeForModelFn``, a batch at a time on a thread pool)
     feeds RunInference directly, so a model-sized pixel array lives only from
     its decode to its batch's model call: memory is bounded by the batch and
     the read-ahead, not by N. The (item, thumbnail) pair rides through
@@ -410,7 +410,7 @@ class EmbedImages(beam.PTransform):
                  resize_mode: str = "pad", max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         super().__init__()
         self._handler = KeyedModelHandler(EmbeddingModelHandler(spec, batch_size))
-        self._decode = DecodeForModelFn(model_size, resize_mode, ahead=2 * batch_size,
+        self._decode = DecodeForModelFn(model_size, resize_mode, block=batch_size,
                                         max_bytes=max_bytes)
 
     def expand(self, thumbnailed):

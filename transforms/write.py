@@ -313,7 +313,8 @@ def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
             fmt = "tsv"
         fname = tensor_file_name(name, len(cfg.tensor_names), fmt)
         files.append(Asset(fname, _tensor_writer(matrix, fmt)))
-        h.update(f"{fname}\0{fmt}\0{matrix.shape}\0".encode() + matrix.tobytes())
+        h.update(f"{fname}\0{fmt}\0{matrix.shape}\0".encode())
+        h.update(memoryview(matrix).cast("B"))   # no copy of a matrix that may be GBs
         tensors.append((name, matrix.shape, fname))
         matrices.append(matrix)
         if cfg.standalone:
