@@ -24,7 +24,7 @@ from pipeline.progress import (COUNTERS, LogProgress, end_live_line, large_tsv_h
                                read_counters, summary_bytes)
 from pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
 from transforms.api import ImagesToProjector, ReadImages
-from transforms.neighbors import AddNeighborColumns, neighbor_columns
+from transforms.neighbors import NeighborColumns
 from transforms.write import SUMMARY_NAME, update_summary
 
 LOG = logging.getLogger("beam-projector")
@@ -34,7 +34,7 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     """The CLI's graph: the public source and composite, as a library user
     applies them (``transforms.api``), from the options and the checked plan."""
     nn = neighbor_plan(po, plan)
-    after_embed = [("Neighbors" >> AddNeighborColumns(
+    column_stages = [("Neighbors" >> NeighborColumns(
         nn.k, nn.tensor_index, nn.label_index, 0, nn.threshold))] if nn else []
     read = p | "ReadInput" >> ReadImages(spec=plan.source, max_record_bytes=po.max_image_bytes)
     return read | "Projector" >> ImagesToProjector(
@@ -44,8 +44,7 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
         tensor_format=po.tensor_format, preview=not po.no_preview, standalone=po.standalone,
         max_error_fraction=po.max_error_fraction, max_image_bytes=po.max_image_bytes,
         progress=LogProgress, run_id=plan.run_id,
-        after_embed=after_embed,
-        extra_columns=neighbor_columns(nn.label_index is not None) if nn else (),
+        column_stages=column_stages,
         suspects_label_column=nn.label_column if nn else "",
         options_json=json.dumps(_options_used(po), sort_keys=True, default=str))
 

@@ -86,7 +86,7 @@ def test_neighbor_values_mark_the_later_copy():
     z = np.array([[1, 0], [1, 0], [0, 1], [0.9, 0.1]], np.float32)
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     sigs = np.array([[10] * 4, [11] * 4, [200] * 4, [90] * 4], np.uint8)
-    index = nb.NeighborIndex(z, {}, ("a", "a", "b", "b"), ("p0", "p1", "p2", "p3"), sigs,
+    index = nb.NeighborIndex(z, ((0, "0"), (1, "1"), (2, "2"), (3, "3")), ("a", "a", "b", "b"), ("p0", "p1", "p2", "p3"), sigs,
                              (0.1, 0.2, 0.3, 0.4))
     got = {}
     for row, (cand, sims) in enumerate(nb.search_block(z, np.arange(4), 3)):
@@ -213,3 +213,69 @@ def test_planted_columns_are_colourable_and_consistent(planted):
     assert summary["all_counters"]["duplicate_groups"] >= len(faults["copies"])
     assert summary["all_counters"]["suspects_mislabelled"] > 0
     assert os.path.exists(out / "errors.tsv")
+
+
+def _items(n, seed=0):
+    """n Embedded items in 8 clusters, labels = cluster, random 4 px thumbnails."""
+    from transforms.items import Embedded, ImageRef
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((8, 24))
+    out = []
+    for i in range(n):
+        c = i % 8
+        v = (centres[c] + 0.3 * rng.standard_normal(24)).astype(np.float32)
+        pixels = rng.integers(0, 256, 4 * 4 * 3, dtype=np.uint8).tobytes()
+        ref = ImageRef(f"{i:05d}", f"img/{i}.png", None, (f"img/{i}.png", str(c)),
+                       int(rng.integers(0, 2 ** 62)))
+        out.append(Embedded(ref, Thumbnail.from_rgb(4, 4, pixels), (v,)))
+    return out
+
+
+_COLLECTED = []   # the in-process runner calls _collect in this process
+
+
+def _collect(actual):
+    _COLLECTED.extend(actual)
+
+
+def _run(transform, items):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that
+
+    _COLLECTED.clear()
+    with beam.Pipeline("FnApiRunner") as p:
+        assert_that(p | beam.Create(items) | transform, _collect)
+    return list(_COLLECTED)
+
+
+def test_neighbor_columns_are_independent_of_the_work_split(monkeypatch):
+    """The (key, values) table: one row per item, the same values whether
+    the rows are searched as one unit of work or many small ones, and the
+    same values AddNeighborColumns joins back onto the items."""
+    items = _items(300)
+    whole = dict(_run(nb.NeighborColumns(5, 0, 1, 0), items))
+    monkeypatch.setattr(nb, "WORK_ROWS", 37)
+    monkeypatch.setattr(nb, "QUERY_BLOCK", 5)
+    split = dict(_run(nb.NeighborColumns(5, 0, 1, 0), items))
+    assert len(whole) == 300 and whole == split
+    assert all(len(v) == len(nb.neighbor_columns(True)) for v in whole.values())
+    # clusters are tight: most items agree with their neighbours
+    assert sum(v[0] == "1.00" for v in whole.values()) > 250
+    joined = _run(nb.AddNeighborColumns(5, 0, 1, 0), items)
+    from transforms.items import order_key
+    assert len(joined) == 300
+    for e in joined:
+        assert e.item.metadata[2:] == whole[order_key(e.item)]
+
+
+def test_writer_join_fills_rows_a_stage_did_not_give():
+    from transforms.items import order_key
+    from transforms.write import join_columns
+
+    items = _items(3)
+    table = {order_key(items[0].item): ("x", "y")}
+    out = join_columns(items, [table, {}], [2, 1])
+    assert out[0].item.metadata[2:] == ("x", "y", "")
+    assert out[1].item.metadata[2:] == ("", "", "")
+    assert join_columns(items, [], []) == items

@@ -166,8 +166,11 @@ class ImagesToProjector(beam.PTransform):
     ``errors``: extra dead-letter PCollections (``ErrorRow``) for
     errors.tsv. ``after_embed``: transforms of ``Embedded`` elements applied
     before the write (e.g. one appending metadata values), with
-    ``extra_columns`` naming the columns they append (the CLI adds the
-    neighbour columns this way; ``suspects_label_column`` then names the
+    ``extra_columns`` naming the columns they append. ``column_stages``:
+    transforms of ``Embedded`` elements into (order key, values) pairs, each
+    with a ``columns`` attribute naming its values (``NeighborColumns``); the
+    writer joins them by key, so the items never wait for them (the CLI adds
+    the neighbour columns this way; ``suspects_label_column`` then names the
     label column suspects.tsv reads). ``progress``: a
     ``(stage, total=None) -> PTransform`` factory for progress reporting
     (the CLI passes ``pipeline.progress.LogProgress``).
@@ -184,6 +187,7 @@ class ImagesToProjector(beam.PTransform):
                  max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, errors: Sequence = (),
                  after_embed: Sequence[beam.PTransform] = (),
                  extra_columns: Sequence[str] = (),
+                 column_stages: Sequence[beam.PTransform] = (),
                  suspects_label_column: str = "",
                  progress: Optional[Callable[..., beam.PTransform]] = None,
                  run_id: str = "", options_json: str = ""):
@@ -206,6 +210,11 @@ class ImagesToProjector(beam.PTransform):
         self._errors = tuple(errors)
         self._after_embed = tuple(after_embed)
         self._extra_columns = tuple(extra_columns)
+        self._column_stages = tuple(column_stages)
+        for stage in self._column_stages:
+            if not hasattr(getattr(stage, "transform", stage), "columns"):
+                raise ValueError(f"column stage {stage!r} has no columns attribute naming "
+                                 "the values it gives")
         self._suspects_label_column = suspects_label_column
         self._progress = progress
         self.run_id = run_id or uuid.uuid4().hex
@@ -282,13 +291,21 @@ class ImagesToProjector(beam.PTransform):
             # a stage given as "Label" >> transform keeps its label
             named = hasattr(stage, "transform")
             embedded = embedded | (stage if named else f"AfterEmbed{i}" >> stage)
+        tables, stage_columns = [], []
+        for i, stage in enumerate(self._column_stages):
+            named = hasattr(stage, "transform")
+            tables.append(embedded | (stage if named else f"Columns{i}" >> stage))
+            stage_columns.append(tuple(getattr(stage, "transform", stage).columns))
         errors = ((*upstream, *self._errors, decode_errors, embed_errors)
                   | "AllErrors" >> beam.Flatten(pipeline=p))
         cfg = write.WriterConfig(
-            output=self.output, columns=tuple(columns) + self._extra_columns,
+            output=self.output,
+            columns=tuple(columns) + self._extra_columns + sum(stage_columns, ()),
             tensor_names=tensor_names, tile=self._tile_size, max_items=self._max_items,
             max_error_fraction=self._max_error_fraction, tensor_format=self._tensor_format,
             preview=self._preview, standalone=self._standalone, run_id=self.run_id,
             label_column=self._suspects_label_column, options_json=self._options_json)
-        summary = (embedded, errors) | "WriteLogdir" >> write.WriteProjectorLogdir(cfg)
+        summary = ((embedded, errors, *tables)
+                   | "WriteLogdir" >> write.WriteProjectorLogdir(
+                       cfg, column_widths=[len(c) for c in stage_columns]))
         return ProjectorResult({SUMMARY: summary, ERRORS: errors})

@@ -10,19 +10,25 @@ The Beam shape: a ``Top`` combiner takes a deterministic sample (the first
 items in output order) from which the centre and a PCA basis are fitted;
 every vector is projected to a few dozen dimensions; the small projected
 matrix (N x dims, sorted by the output order key) is broadcast as a side
-input; each bundle then finds its items' neighbours with matrix products, in
-parallel on every worker. Candidates are re-scored in float64 with a per-pair
-reduction and sorted by (similarity, order key), so the columns do not depend
-on how a runner bundles the items.
+input; its rows are cut into blocks that are reshuffled across workers, and
+each block's neighbours are found with matrix products, in parallel.
+Candidates are re-scored in float64 with a per-pair reduction and sorted by
+(similarity, order key), so the columns do not depend on how a runner
+bundles the work.
+
+Only (order key, column values) pairs come out (``NeighborColumns``): the
+writer joins them by key, so the items themselves (thumbnails, every
+tensor) never wait for the search. ``AddNeighborColumns`` does the join in
+the pipeline, for graphs that want the items back.
 """
 import collections
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
 from PIL import Image
 
-from transforms.items import Embedded, Thumbnail, order_key
+from transforms.items import Thumbnail, order_key
 
 # The centre and PCA basis come from the first PCA_SAMPLE items in output
 # order: exact when N <= PCA_SAMPLE, a deterministic sample beyond.
@@ -50,6 +56,10 @@ AGREEMENT_BINS = ((9, "4 agree >=90%"), (6, "3 most 60-90%"), (3, "2 mixed 30-60
 DUPLICATE_ROLES = ("none", "first", "copy")
 # Block size of the blocked top-K search (see search_block).
 _BLOCK = 512
+# Queries per search_block call: 256 x 100,000 float32 scores are 100 MB.
+QUERY_BLOCK = 256
+# Query rows per unit of work spread across workers.
+WORK_ROWS = 4096
 # float32 scores are only used to pick candidates; anything within this of
 # the cut is re-scored in float64, so runners that round the float32 product
 # differently still end with the same neighbours.
@@ -194,7 +204,7 @@ def format_distance(sim: float) -> str:
 class NeighborIndex(NamedTuple):
     """The broadcast side input: every kept item's row, sorted by order key."""
     z: np.ndarray                  # (N, dims) float32
-    rows: Dict[tuple, int]         # order key -> row
+    keys: Tuple[tuple, ...]        # order key per row (ascending)
     labels: Tuple[str, ...]        # empty when there is no label column
     images: Tuple[str, ...]        # image column value per row
     signatures: np.ndarray         # (N, SIGNATURE_SIDE^2) uint8
@@ -209,7 +219,7 @@ def build_index(rows: Sequence[tuple], k: int) -> NeighborIndex:
     labels = tuple(r[2] for r in rows) if n and rows[0][2] is not None else ()
     sigs = (np.frombuffer(b"".join(r[4] for r in rows), np.uint8).reshape(n, -1)
             if n else np.zeros((0, SIGNATURE_SIDE ** 2), np.uint8))
-    index = NeighborIndex(z, {r[0]: i for i, r in enumerate(rows)}, labels,
+    index = NeighborIndex(z, tuple(r[0] for r in rows), labels,
                           tuple(r[3] for r in rows), sigs, ())
     sample = np.arange(min(n, CUT_SAMPLE))
     dists = []
@@ -275,8 +285,14 @@ def _index_row(slim, proj):
     return (key, project(vector, proj), label, image, sig)
 
 
+def _work_blocks(index: NeighborIndex):
+    """The index's rows as (start, stop) units of work."""
+    n = len(index.keys)
+    return [(a, min(n, a + WORK_ROWS)) for a in range(0, n, WORK_ROWS)]
+
+
 class _NeighborsFn(beam.DoFn):
-    """A batch of items -> the same items with the neighbour columns appended."""
+    """(start, stop) rows of the index -> (order key, column values) per row."""
 
     def __init__(self, k: int, threshold: float):
         self._k, self._threshold = k, threshold
@@ -284,32 +300,37 @@ class _NeighborsFn(beam.DoFn):
     def setup(self):
         self._counter = beam.metrics.Metrics.counter("projector", "neighbors")
 
-    def process(self, batch, index: NeighborIndex):
-        rows = np.array([index.rows[order_key(e.item)] for e in batch], dtype=np.int64)
-        found = search_block(index.z, rows, max(self._k, DUPLICATE_CANDIDATES))
-        for e, row, (cand, sims) in zip(batch, rows, found):
-            values = neighbor_values(int(row), cand, sims, index, self._k, self._threshold)
-            self._counter.inc()
-            yield e._replace(item=e.item._replace(metadata=tuple(e.item.metadata) + values))
+    def process(self, block, index: NeighborIndex):
+        start, stop = block
+        for a in range(start, stop, QUERY_BLOCK):
+            rows = np.arange(a, min(stop, a + QUERY_BLOCK), dtype=np.int64)
+            found = search_block(index.z, rows, max(self._k, DUPLICATE_CANDIDATES))
+            for row, (cand, sims) in zip(rows, found):
+                yield index.keys[row], neighbor_values(int(row), cand, sims, index, self._k,
+                                                       self._threshold)
+            self._counter.inc(len(rows))
 
 
-class AddNeighborColumns(beam.PTransform):
-    """PCollection[Embedded] -> the same, metadata extended by neighbor_columns().
+class NeighborColumns(beam.PTransform):
+    """PCollection[Embedded] -> PCollection[(order key, values)], one per item.
 
-    ``tensor_index`` picks the embedding, ``label_index``/``image_index`` are
-    metadata positions (label None: no agreement columns; image None: the
-    item's ref names it in duplicate_of).
+    The values are those of ``columns`` (= neighbor_columns(label_index is not
+    None)). ``tensor_index`` picks the embedding, ``label_index``/
+    ``image_index`` are metadata positions (label None: no agreement columns;
+    image None: the item's ref names it in duplicate_of). Give it to
+    ``ImagesToProjector(column_stages=[...])``, whose writer joins the values
+    by key.
     """
 
     def __init__(self, k: int, tensor_index: int = 0, label_index: Optional[int] = None,
                  image_index: Optional[int] = 0,
-                 threshold: float = DEFAULT_DUPLICATE_THRESHOLD, dims: int = PROJECTED_DIMS,
-                 max_batch: int = 256):
+                 threshold: float = DEFAULT_DUPLICATE_THRESHOLD, dims: int = PROJECTED_DIMS):
         super().__init__()
         if k < 1:
             raise ValueError(f"neighbours need k >= 1, got {k}")
         self._k, self._t, self._label, self._image = k, tensor_index, label_index, image_index
-        self._threshold, self._dims, self._max_batch = threshold, dims, max_batch
+        self._threshold, self._dims = threshold, dims
+        self.columns = neighbor_columns(label_index is not None)
 
     def expand(self, embedded):
         t, k = self._t, self._k
@@ -323,7 +344,40 @@ class AddNeighborColumns(beam.PTransform):
                  | "Project" >> beam.Map(_index_row, beam.pvalue.AsSingleton(proj))
                  | "AllRows" >> beam.combiners.ToList()
                  | "Index" >> beam.Map(build_index, k))
-        return (embedded
-                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._max_batch)
+        return (index
+                | "WorkBlocks" >> beam.FlatMap(_work_blocks)
+                | "Spread" >> beam.Reshuffle()
                 | "FindNeighbors" >> beam.ParDo(_NeighborsFn(k, self._threshold),
                                                 beam.pvalue.AsSingleton(index)))
+
+
+def _append_values(joined):
+    _, grouped = joined
+    (values,) = grouped["values"]
+    for e in grouped["items"]:
+        yield e._replace(item=e.item._replace(metadata=tuple(e.item.metadata) + values))
+
+
+class AddNeighborColumns(beam.PTransform):
+    """PCollection[Embedded] -> the same, metadata extended by neighbor_columns().
+
+    ``NeighborColumns`` joined back onto the items by key (the arguments are
+    the same). Inside ``ImagesToProjector`` prefer ``column_stages=
+    [NeighborColumns(...)]``: the writer joins there, without this second wait
+    for every item.
+    """
+
+    def __init__(self, k: int, tensor_index: int = 0, label_index: Optional[int] = None,
+                 image_index: Optional[int] = 0,
+                 threshold: float = DEFAULT_DUPLICATE_THRESHOLD, dims: int = PROJECTED_DIMS):
+        super().__init__()
+        self._columns = NeighborColumns(k, tensor_index, label_index, image_index, threshold,
+                                        dims)
+        self.columns = self._columns.columns
+
+    def expand(self, embedded):
+        values = embedded | "Columns" >> self._columns
+        keyed = embedded | "KeyItems" >> beam.Map(lambda e: (order_key(e.item), e))
+        return ({"items": keyed, "values": values}
+                | "Join" >> beam.CoGroupByKey()
+                | "Append" >> beam.FlatMap(_append_values))

@@ -726,17 +726,44 @@ def _projector_bundle() -> bytes:
             .joinpath(standalone.BUNDLE_NAME).read_bytes())
 
 
+def join_columns(kept: Sequence[Embedded], tables: Sequence[dict],
+                 widths: Sequence[int]) -> List[Embedded]:
+    """Append each column stage's values (``tables[i]``: order key -> values)
+    to the items' metadata; an item a stage gave no row gets empty values."""
+    if not tables:
+        return list(kept)
+    out = []
+    for e in kept:
+        key = order_key(e.item)
+        extra = tuple(v for table, width in zip(tables, widths)
+                      for v in table.get(key, ("",) * width))
+        out.append(e._replace(item=e.item._replace(metadata=tuple(e.item.metadata) + extra)))
+    return out
+
+
 class _WriteLogdirFn(beam.DoFn):
-    def __init__(self, cfg: WriterConfig):
+    def __init__(self, cfg: WriterConfig, column_widths: Sequence[int] = ()):
         self._cfg = cfg
+        self._widths = tuple(column_widths)
 
     def process(self, keyed):
         release_free_memory()
         _, tagged = keyed
-        embedded = [v for tag, v in tagged if tag == "ok"]
-        errors = [v for tag, v in tagged if tag == "err"]
+        embedded, errors = [], []
+        tables = [{} for _ in self._widths]
+        for tag, v in tagged:
+            if tag == "ok":
+                embedded.append(v)
+            elif tag == "err":
+                errors.append(v)
+            else:
+                key, values = v
+                tables[tag][key] = tuple(values)
         cfg = self._cfg
         kept, counted, reported = select_for_publish(embedded, errors, cfg.max_items)
+        del embedded
+        kept = join_columns(kept, tables, self._widths)
+        del tables
         examined = len(kept) + len(counted)
         if not kept or (examined and len(counted) / examined > cfg.max_error_fraction):
             publish_errors_only(cfg, reported)
@@ -764,17 +791,29 @@ class _WriteLogdirFn(beam.DoFn):
 
 
 class WriteProjectorLogdir(beam.PTransform):
-    """(embedded, errors) -> one summary dict, after publishing the logdir."""
+    """(embedded, errors, *column tables) -> one summary dict, after
+    publishing the logdir.
 
-    def __init__(self, cfg: WriterConfig):
+    Each column table is a PCollection of (order key, values) pairs, joined
+    onto the items' metadata in this one stage (``column_widths``: how many
+    values each table gives), so the items do not wait for the stages that
+    compute them.
+    """
+
+    def __init__(self, cfg: WriterConfig, column_widths: Sequence[int] = ()):
         super().__init__()
         self._cfg = cfg
+        self._widths = tuple(column_widths)
 
     def expand(self, pcolls):
-        embedded, errors = pcolls
+        embedded, errors, *tables = pcolls
+        if len(tables) != len(self._widths):
+            raise ValueError(f"{len(tables)} column tables for {len(self._widths)} widths")
         ok = embedded | "TagOk" >> beam.Map(lambda e: (None, ("ok", e)))
         bad = errors | "TagErr" >> beam.Map(lambda e: (None, ("err", e)))
-        return ((ok, bad)
+        tagged = [table | f"TagColumns{i}" >> beam.Map(lambda kv, i=i: (None, (i, kv)))
+                  for i, table in enumerate(tables)]
+        return ((ok, bad, *tagged)
                 | "Together" >> beam.Flatten()
                 | "OneStage" >> beam.GroupByKey()
-                | "Write" >> beam.ParDo(_WriteLogdirFn(self._cfg)))
+                | "Write" >> beam.ParDo(_WriteLogdirFn(self._cfg, self._widths)))
