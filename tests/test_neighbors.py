@@ -279,3 +279,16 @@ def test_writer_join_fills_rows_a_stage_did_not_give():
     assert out[0].item.metadata[2:] == ("x", "y", "")
     assert out[1].item.metadata[2:] == ("", "", "")
     assert join_columns(items, [], []) == items
+
+
+def test_packed_vectors_are_small_and_close():
+    rng = np.random.default_rng(3)
+    v = (rng.standard_normal(1280) * 40).astype(np.float32)
+    packed = nb.pack_vector(v, 128)
+    assert len(packed) == 1 + 4 + 2 * 1280             # float16 behind a scale
+    back = nb.unpack_vector(packed)
+    assert back.dtype == np.float32 and np.abs(back - v).max() <= np.abs(v).max() * 2 ** -11
+    small = rng.standard_normal(64).astype(np.float32)  # <= dims: exact, untouched
+    assert np.array_equal(nb.unpack_vector(nb.pack_vector(small, 128)), small)
+    zero = np.zeros(1280, np.float32)
+    assert np.array_equal(nb.unpack_vector(nb.pack_vector(zero, 128)), zero)

@@ -212,10 +212,11 @@ class NeighborIndex(NamedTuple):
 
 
 def build_index(rows: Sequence[tuple], k: int) -> NeighborIndex:
-    """(order key, z, label, image, signature) rows -> the side input."""
+    """(order key, z as float32 bytes, label, image, signature) rows -> the side input."""
     rows = sorted(rows, key=lambda r: r[0])
     n = len(rows)
-    z = np.stack([r[1] for r in rows]) if n else np.zeros((0, 1), np.float32)
+    z = (np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(n, -1).copy()
+         if n else np.zeros((0, 1), np.float32))
     labels = tuple(r[2] for r in rows) if n and rows[0][2] is not None else ()
     sigs = (np.frombuffer(b"".join(r[4] for r in rows), np.uint8).reshape(n, -1)
             if n else np.zeros((0, SIGNATURE_SIDE ** 2), np.uint8))
@@ -261,7 +262,9 @@ def neighbor_values(row: int, cand: np.ndarray, sims: np.ndarray, index: Neighbo
 # --- Beam plumbing ----------------------------------------------------------
 
 def _sample_entry(e, t):
-    return order_key(e.item), e.vectors[t]
+    # a copy: the vector may be a row of its whole batch's output, which the
+    # PCA sample would otherwise keep alive for the rest of the stage
+    return order_key(e.item), np.array(e.vectors[t], dtype=np.float32, copy=True)
 
 
 def _fit(sample, dims):
@@ -271,18 +274,44 @@ def _fit(sample, dims):
     return fit_projection(np.stack([v for _, v in sample]), dims)
 
 
-def _slim(e, t, label_index, image_index):
+def pack_vector(vector, dims: int = PROJECTED_DIMS) -> bytes:
+    """A vector as it waits for the PCA: float32 bytes when it has at most
+    ``dims`` dimensions (the search is then exact), else float16 bytes of
+    vector / max|vector| behind a float32 scale: half the size, and the
+    rounding (about 2.4e-4 of the largest component) is far below what the
+    projection to ``dims`` dimensions loses."""
+    v = np.asarray(vector, dtype=np.float32)
+    if v.shape[0] <= dims:
+        return b"f" + v.tobytes()
+    scale = np.float32(np.abs(v).max()) if v.size else np.float32(0)
+    if not np.isfinite(scale) or scale == 0:
+        return b"f" + v.tobytes()
+    return b"h" + scale.tobytes() + (v / scale).astype(np.float16).tobytes()
+
+
+def unpack_vector(data: bytes) -> np.ndarray:
+    """pack_vector's bytes -> the float32 vector (float16-rounded if packed so)."""
+    if data[:1] == b"f":
+        return np.frombuffer(data, np.float32, offset=1)
+    scale = np.frombuffer(data, np.float32, count=1, offset=1)[0]
+    return np.frombuffer(data, np.float16, offset=5).astype(np.float32) * scale
+
+
+def _slim(e, t, label_index, image_index, dims):
     """What the index needs of one item, before the wait for the PCA: the
-    thumbnail shrinks to its signature, the other tensors are dropped."""
+    thumbnail shrinks to its signature, the vector is packed (pack_vector),
+    the other tensors are dropped. Plain bytes and strings, so a runner
+    encodes it without pickling."""
     item = e.item
     label = item.metadata[label_index] if label_index is not None else None
     image = item.metadata[image_index] if image_index is not None else item.ref
-    return (order_key(item), e.vectors[t], label, image, signature(e.thumbnail))
+    return (order_key(item), pack_vector(e.vectors[t], dims), label, image,
+            signature(e.thumbnail))
 
 
 def _index_row(slim, proj):
-    key, vector, label, image, sig = slim
-    return (key, project(vector, proj), label, image, sig)
+    key, packed, label, image, sig = slim
+    return (key, project(unpack_vector(packed), proj).tobytes(), label, image, sig)
 
 
 def _work_blocks(index: NeighborIndex):
@@ -340,7 +369,7 @@ class NeighborColumns(beam.PTransform):
                                                           reverse=True)
                 | "FitPCA" >> beam.Map(_fit, self._dims))
         index = (embedded
-                 | "Slim" >> beam.Map(_slim, t, self._label, self._image)
+                 | "Slim" >> beam.Map(_slim, t, self._label, self._image, self._dims)
                  | "Project" >> beam.Map(_index_row, beam.pvalue.AsSingleton(proj))
                  | "AllRows" >> beam.combiners.ToList()
                  | "Index" >> beam.Map(build_index, k))
