@@ -87,10 +87,11 @@ class ProjectorOptions(PipelineOptions):
         g.add_argument("--image_size", default="",
                        help="model input HEIGHTxWIDTH (or one number), for models that "
                        "accept any image size (default: the model's input size)")
-        g.add_argument("--batch_size", type=int, default=32,
-                       help="images per model call; the model's memory grows with it "
-                       "(about 17 MB an image for a 224 px MobileNetV2: lower it to save "
-                       "memory, BENCHMARKS.md)")
+        g.add_argument("--batch_size", type=int, default=0,
+                       help="images per model call; TensorFlow keeps the activations of "
+                       "one call for the whole run (about 17 MB an image for a 224 px "
+                       "MobileNetV2). 0: sized from the model's input, 8 at 224 px, up "
+                       "to 32 for small inputs (BENCHMARKS.md)")
         g.add_argument("--pool", default=None, choices=POOLS,
                        help="reduce an embedding layer whose output is a feature map "
                        "(batch, H, W, C) to one vector per image: avg or max over the spatial "

@@ -25,6 +25,7 @@ from pipeline.progress import (COUNTERS, LogProgress, end_live_line, large_tsv_h
 from pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
 from transforms.api import ImagesToProjector, ReadImages
 from transforms.neighbors import NeighborColumns
+from transforms.staging import delete_staging, staging_dir
 from transforms.write import SUMMARY_NAME, update_summary
 
 LOG = logging.getLogger("beam-projector")
@@ -101,11 +102,13 @@ def run(argv: Optional[List[str]] = None) -> dict:
     p = beam.Pipeline(options=options)
     build(p, po, plan)
     _hide_relayed_tracebacks()
-    result = p.run()
     try:
+        result = p.run()
         result.wait_until_finish()
     finally:
         end_live_line()
+        # the writer removes it once it has published; this covers a failed job
+        delete_staging(staging_dir(po.output, plan.run_id))
     counts = read_counters(result)
     summary = {k: counts.get(k, 0) for k in COUNTERS}
     summary["seconds"] = round(time.time() - started, 2)

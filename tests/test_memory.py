@@ -52,3 +52,29 @@ def test_peak_memory_is_bounded_by_the_batch_not_by_n(tmp_path):
 
 def _data_dir(out):
     return next(d for d in os.listdir(out) if d.startswith("data-"))
+
+
+def test_auto_batch_size_follows_the_input_pixels():
+    from transforms.inference import AUTO_BATCH_MAX, auto_batch_size
+
+    assert auto_batch_size((224, 224)) == 8
+    assert auto_batch_size((299, 299)) == 4
+    assert auto_batch_size((512, 512)) == 1 and auto_batch_size((2048, 2048)) == 1
+    assert auto_batch_size((64, 64)) == AUTO_BATCH_MAX == auto_batch_size((8, 8))
+
+
+def test_default_batch_holds_less_than_a_large_one(tmp_path):
+    """TensorFlow keeps one call's activations for the whole run: at 512 px
+    the default (1 image a call) peaks well below --batch_size 32 (about 6
+    MiB an image of float32 input and rescaled copy here)."""
+    csv_path = support.write_photos(str(tmp_path / "photos"), 64)
+    model = big_input_model(str(tmp_path / "big.keras"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    peaks = {}
+    for name, extra in (("auto", []), ("32", ["--batch_size", "32"])):
+        code, err, peaks[name] = support.peak_rss_mib(
+            [sys.executable, "-m", "pipeline.run", "--input", csv_path, "--model", model,
+             "--embedding_layer", "embedding", "--output", str(tmp_path / name),
+             "--max_items", "64", "--no_preview", *extra], env=env, cwd=ROOT)
+        assert code == 0, err[-3000:]
+    assert peaks["auto"] < peaks["32"] - 100, peaks

@@ -53,6 +53,8 @@ def test_logdir_files_and_config(digits_run):
     for rel in (emb.tensor_path, emb.metadata_path, emb.sprite.image_path):
         assert not os.path.isabs(rel)
         assert os.path.isfile(os.path.join(out, rel))
+    # the thumbnails' staging folder (transforms/staging.py) is gone
+    assert not [n for n in os.listdir(out) if n.startswith(".beam-projector-staging-")]
     assert meta[0] == "\t".join(("path", "label") + neighbor_columns(True))
     assert meta[-1] == "" and len(meta) == 52  # header + 50 rows + final newline
     assert sprite.size == (8 * 24, 8 * 24) and sprite.mode == "RGBA"

@@ -176,6 +176,9 @@ def test_csv_images_keras_model_and_logdir_all_remote(bucket, digits, model_path
     tensor = np.loadtxt(io.BytesIO(read(emb.tensor_path)), delimiter="\t", ndmin=2)
     assert tensor.shape == (12, 8)
     assert read("errors.tsv") == b"input\tstage\treason\n"
+    # the thumbnails were staged on the object store, read back, then removed
+    backing = os.path.join(MemTestFileSystem.root, "bucket", "csvrun", "logdir")
+    assert not [n for n in os.listdir(backing) if n.startswith(".beam-projector-staging-")]
 
 
 def _example(image, label):

@@ -23,9 +23,10 @@ import apache_beam as beam
 
 from transforms import checks, sampling, sources, write
 from transforms.decode import ThumbnailImages
-from transforms.inference import EmbedImages, ModelSpec
+from transforms.inference import EmbedImages, ModelSpec, auto_batch_size
 from transforms.items import DEFAULT_MAX_IMAGE_BYTES, METRICS_NAMESPACE, ImageRef
 from transforms.projector import tile_size_for
+from transforms.staging import StageThumbnails, staging_dir
 
 IMAGES, ERRORS, SUMMARY = "images", "errors", "summary"
 
@@ -179,7 +180,7 @@ class ImagesToProjector(beam.PTransform):
     def __init__(self, output: str, model: Union[str, ModelSpec], layers: Sequence[str] = (),
                  columns: Optional[Sequence[str]] = None, max_items: int = 1500, seed: int = 0,
                  max_per_label: Optional[int] = None, label_column: str = "label",
-                 tile_size: int = 100, batch_size: int = 16, resize: str = "pad",
+                 tile_size: int = 100, batch_size: int = 0, resize: str = "pad",
                  pixel_scale: str = "raw", image_size: Tuple[int, ...] = (),
                  signature: str = "serving_default", outputs: Sequence[str] = (),
                  pool: str = "", tensor_format: str = "tsv", preview: bool = True,
@@ -279,7 +280,8 @@ class ImagesToProjector(beam.PTransform):
         first_n = sampling.KeepFirstN(self._max_items, item_of=_item_of)
         selected = checked | "FirstN" >> first_n
         embedded, embed_errors = selected | "Embed" >> EmbedImages(
-            self.model, model_size, self._batch_size, self._resize,
+            self.model, model_size, self._batch_size or auto_batch_size(model_size),
+            self._resize,
             max_bytes=self._max_image_bytes)
         # total: how many go to the model (the kept keys, known before the
         # first model call; a Count of `selected` would hold the progress
@@ -305,7 +307,10 @@ class ImagesToProjector(beam.PTransform):
             max_error_fraction=self._max_error_fraction, tensor_format=self._tensor_format,
             preview=self._preview, standalone=self._standalone, run_id=self.run_id,
             label_column=self._suspects_label_column, options_json=self._options_json)
-        summary = ((embedded, errors, *tables)
+        # thumbnails go to staging files here, after the column stages read them
+        staged = embedded | "StageThumbnails" >> StageThumbnails(
+            staging_dir(self.output, self.run_id))
+        summary = ((staged, errors, *tables)
                    | "WriteLogdir" >> write.WriteProjectorLogdir(
                        cfg, column_widths=[len(c) for c in stage_columns]))
         return ProjectorResult({SUMMARY: summary, ERRORS: errors})

@@ -16,7 +16,7 @@ from transforms.inference import ModelSpec, shared_embedding_model
 MIN_TILE, MAX_TILE = 8, 1024
 
 
-def check_settings(max_items, tile_size: int = 100, batch_size: int = 32,
+def check_settings(max_items, tile_size: int = 100, batch_size: int = 0,
                    max_error_fraction: float = 0.1, max_per_label: Optional[int] = None,
                    prefix: str = "") -> None:
     """The numeric settings, in the CLI's order."""
@@ -25,8 +25,9 @@ def check_settings(max_items, tile_size: int = 100, batch_size: int = 32,
     if not MIN_TILE <= tile_size <= MAX_TILE:
         raise ValueError(f"{prefix}tile_size must be between {MIN_TILE} and {MAX_TILE} px, "
                          f"got {tile_size}")
-    if batch_size < 1:
-        raise ValueError(f"{prefix}batch_size must be at least 1, got {batch_size}")
+    if batch_size < 0:
+        raise ValueError(f"{prefix}batch_size must be at least 1 (or 0: sized from the "
+                         f"model's input), got {batch_size}")
     if not 0.0 <= max_error_fraction < 1.0:
         raise ValueError(f"{prefix}max_error_fraction must be in [0, 1), got {max_error_fraction}")
     if max_per_label is not None and max_per_label < 1:

@@ -396,6 +396,22 @@ def _to_embedded(keyed, counter_ok, counter_bad):
     yield Embedded(item, thumb, tuple(np.asarray(v, dtype=np.float32) for v in vectors))
 
 
+# Images a model call holds when batch_size is 0 (auto). TensorFlow keeps the
+# activations of its largest call for the rest of the run (oneDNN's allocator
+# pools them): about 17 MB an image for a 224 px MobileNetV2, so the batch is
+# sized by pixels. 8 at 224 px costs about 10 % of the model's own speed
+# against 32 and saves about 360 MB (BENCHMARKS.md, "Batch size"); small
+# inputs (64 px: 32) keep the per-call overhead low.
+AUTO_BATCH_PIXELS = 8 * 224 * 224
+AUTO_BATCH_MAX = 32
+
+
+def auto_batch_size(input_size) -> int:
+    """Images per model call for a (height, width) input, when not given."""
+    h, w = input_size[:2]
+    return max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_PIXELS // max(1, h * w)))
+
+
 class EmbedImages(beam.PTransform):
     """Thumbnailed -> Embedded (+ ``errors``), in one fused stage.
 

@@ -65,6 +65,33 @@ class Thumbnail(NamedTuple):
         """Raw RGB bytes, row-major."""
         return self.image().tobytes()
 
+    def digest(self) -> bytes:
+        """sha256 of the PNG: what the logdir's digest hashes per thumbnail."""
+        import hashlib
+        return hashlib.sha256(self.png).digest()
+
+
+class StagedThumbnail(NamedTuple):
+    """A ``Thumbnail`` whose PNG waits in a staging file (transforms/staging.py)
+    instead of travelling to the writer: the same interface, read on use."""
+    width: int
+    height: int
+    path: str
+    offset: int
+    length: int
+    sha256: bytes
+
+    @property
+    def png(self) -> bytes:
+        from transforms.staging import read_range
+        return read_range(self.path, self.offset, self.length)
+
+    def image(self):
+        return Thumbnail(self.width, self.height, self.png).image()
+
+    def digest(self) -> bytes:
+        return self.sha256
+
 
 class Thumbnailed(NamedTuple):
     """A sampled image that decoded, with its sprite thumbnail: all that

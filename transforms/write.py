@@ -27,6 +27,7 @@ from transforms import preview, projector, standalone
 from transforms.decode import release_free_memory
 from transforms.items import METRICS_NAMESPACE, Embedded, ErrorRow, order_key
 from transforms.lock import PublishLock, is_local
+from transforms.staging import LocalCopies, delete_staging, staging_dir
 
 LOG = logging.getLogger(__name__)
 CONFIG_NAME = "projector_config.pbtxt"
@@ -335,7 +336,7 @@ def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
     # the sprite is a pure function of the thumbnails (lossless PNGs) and the tile
     h.update(f"{SPRITE_NAME}\0{tile}\0{n}\0".encode())
     for th in thumbnails:
-        h.update(hashlib.sha256(th.png).digest())
+        h.update(th.digest())
     # The preview is a view of these assets, not one TensorBoard reads: it
     # stays out of the digest and goes to the root (see publish).
     png = None
@@ -764,9 +765,11 @@ class _WriteLogdirFn(beam.DoFn):
         del embedded
         kept = join_columns(kept, tables, self._widths)
         del tables
+        staged = staging_dir(cfg.output, cfg.run_id)
         examined = len(kept) + len(counted)
         if not kept or (examined and len(counted) / examined > cfg.max_error_fraction):
             publish_errors_only(cfg, reported)
+            delete_staging(staged)   # a retry would fail the same way
             if not kept:
                 raise TooManyErrors(
                     f"no image could be embedded ({len(reported)} errors); "
@@ -776,11 +779,16 @@ class _WriteLogdirFn(beam.DoFn):
                 f"({len(counted) / examined:.1%} > --max_error_fraction "
                 f"{cfg.max_error_fraction:.1%}); nothing published, "
                 f"see {join(cfg.output, ERRORS_NAME)}")
-        assets = build_assets(kept, cfg)
-        suspects, suspect_counts = suspects_tsv(cfg.columns, [e.item.metadata for e in kept],
-                                                cfg.label_column)
-        release_free_memory()   # the preview's canvas and the matrix building's temporaries
-        publish(assets, cfg, reported, suspects)
+        # Other failures keep the staging folder: a retried bundle needs it.
+        with LocalCopies([e.thumbnail for e in kept]) as thumbnails:
+            kept = [e._replace(thumbnail=t) for e, t in zip(kept, thumbnails)]
+            del thumbnails
+            assets = build_assets(kept, cfg)
+            suspects, suspect_counts = suspects_tsv(
+                cfg.columns, [e.item.metadata for e in kept], cfg.label_column)
+            release_free_memory()   # the preview's canvas and the matrix building's temporaries
+            publish(assets, cfg, reported, suspects)
+        delete_staging(staged)
         for name, value in suspect_counts.items():
             beam.metrics.Metrics.counter(METRICS_NAMESPACE, name).inc(value)
         written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "written")

@@ -1,0 +1,139 @@
+"""Thumbnails that skip the writer's group: staged in files, read back by tile row.
+
+The writer is one stage that holds everything it is given, and a runner
+holds a group's elements at least twice on the way in (encoded, then
+decoded): at 100 px tiles the PNG thumbnails are two thirds of what reaches
+it. So after the model, each bundle appends its items' thumbnails to one
+staging file under the output folder and sends on a ``StagedThumbnail``
+(file, offset, length, sha256); the writer reads a tile row's thumbnails
+when it draws that row. The staging folder is the run's own
+(``.beam-projector-staging-<run id>``) and is deleted once the writer is
+done, whether it published or not.
+
+Files come and go through Beam's ``FileSystems``; the writer first copies
+remote staging files to local disk (one sequential read each), since a
+sprite reads them in key order, not file order.
+"""
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Dict, List, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.items import Embedded, StagedThumbnail
+from transforms.lock import is_local
+
+LOG = logging.getLogger(__name__)
+
+STAGING_PREFIX = ".beam-projector-staging-"
+_SUFFIX = ".thumbs"
+
+
+def staging_dir(output: str, run_id: str) -> str:
+    return FileSystems.join(output, STAGING_PREFIX + run_id)
+
+
+def read_range(path: str, offset: int, length: int) -> bytes:
+    if is_local(path):
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+class _StageThumbnailsFn(beam.DoFn):
+    """Embedded -> the same, its thumbnail appended to this bundle's staging file."""
+
+    def __init__(self, folder: str):
+        self._folder = folder
+
+    def start_bundle(self):
+        self._file, self._path, self._offset = None, None, 0
+
+    def process(self, e: Embedded):
+        th = e.thumbnail
+        if isinstance(th, StagedThumbnail):
+            yield e
+            return
+        if self._file is None:
+            # a retried bundle writes a new file; the failed attempt's is
+            # swept with the folder
+            self._path = FileSystems.join(self._folder, uuid.uuid4().hex + _SUFFIX)
+            self._file = FileSystems.create(self._path, mime_type="application/octet-stream",
+                                            compression_type="uncompressed")
+            self._offset = 0
+        data = th.png
+        self._file.write(data)
+        staged = StagedThumbnail(th.width, th.height, self._path, self._offset, len(data),
+                                 hashlib.sha256(data).digest())
+        self._offset += len(data)
+        yield e._replace(thumbnail=staged)
+
+    def finish_bundle(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class StageThumbnails(beam.PTransform):
+    """PCollection[Embedded] -> the same with ``StagedThumbnail``s (see module doc)."""
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self._folder = folder
+
+    def expand(self, embedded):
+        return embedded | "Stage" >> beam.ParDo(_StageThumbnailsFn(self._folder))
+
+
+class LocalCopies:
+    """Context manager: thumbnails whose staging files are readable locally.
+
+    Local staging files are read where they are; remote ones are copied to
+    a temporary folder first (deleted on exit), so that reading a tile row
+    costs no remote request per thumbnail.
+    """
+
+    def __init__(self, thumbnails: Sequence):
+        self._thumbnails = thumbnails
+        self._tmp = None
+
+    def __enter__(self) -> List:
+        remote = sorted({t.path for t in self._thumbnails
+                         if isinstance(t, StagedThumbnail) and not is_local(t.path)})
+        if not remote:
+            return list(self._thumbnails)
+        self._tmp = tempfile.mkdtemp(prefix="beam-projector-thumbs-")
+        local: Dict[str, str] = {}
+        for i, path in enumerate(remote):
+            local[path] = os.path.join(self._tmp, f"{i}{_SUFFIX}")
+            with FileSystems.open(path, compression_type="uncompressed") as src, \
+                    open(local[path], "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        return [t._replace(path=local[t.path])
+                if isinstance(t, StagedThumbnail) and t.path in local else t
+                for t in self._thumbnails]
+
+    def __exit__(self, *exc):
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def delete_staging(folder: str) -> None:
+    """Remove a run's staging folder; a failure is logged, never raised (the
+    folder is hidden and holds no user data)."""
+    if is_local(folder):
+        if os.path.isdir(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    try:   # object stores: the folder is a prefix, which may hold nothing
+        FileSystems.delete([folder.rstrip("/") + "/"])
+    except Exception as e:  # noqa: BLE001
+        LOG.debug("staging folder %s not removed: %s", folder, e)
