@@ -3,7 +3,8 @@
 Synthetic clustered vectors (100 clusters; within-cluster variation on a
 128-d subspace with a decaying spectrum, plus isotropic noise: the shape of
 real CNN embeddings) are generated inside a Beam pipeline and pushed through
-``AddNeighborColumns`` (K = 10, the default). Each run is a child process:
+``NeighborColumns`` (K = 10, the default), the stage the CLI runs: its
+(key, values) table is counted, as the writer would join it. Each run is a child process:
 wall seconds, the pipeline's seconds with and without the neighbour stage
 (the same generator, only counted), and peak RSS, both ``wait4``'s figure
 for the child and the sampled sum over the child's process tree (the
@@ -71,7 +72,9 @@ def make_chunk(chunk: int, n: int):
 
 
 def _digest(e):
-    return hash(e.item.metadata) & 0xFFFF
+    """Touch what each element carries: an item's metadata, or a (key,
+    values) row of the neighbour table."""
+    return hash(e.item.metadata if hasattr(e, "item") else e[1]) & 0xFFFF
 
 
 def child(args, beam_args):
@@ -79,7 +82,7 @@ def child(args, beam_args):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.run import default_local_runner
-    from transforms.neighbors import AddNeighborColumns
+    from transforms.neighbors import NeighborColumns
 
     out = {}
     for stage in ("generate_only", "with_neighbors"):
@@ -89,7 +92,7 @@ def child(args, beam_args):
         items = (p | beam.Create(list(range(-(-args.n // CHUNK))))
                  | beam.Reshuffle() | beam.FlatMap(make_chunk, args.n))
         if stage == "with_neighbors":
-            items = items | AddNeighborColumns(10, 0, 1, 0)
+            items = items | NeighborColumns(10, 0, 1, 0)
         _ = (items | beam.Map(_digest) | beam.combiners.Count.Globally()
              | beam.Map(lambda c, n=args.n: _check(c, n)))
         t0 = time.perf_counter()
