@@ -187,7 +187,8 @@ def recall(n: int, queries: int, k: int = 10):
     labels = [clusters[i] for i in order]
     del xs
     proj = nb.fit_projection(x[:nb.PCA_SAMPLE], nb.PROJECTED_DIMS)
-    z = np.stack([nb.project(v, proj) for v in x])
+    # as the stage does: each vector waits for the PCA packed (float16 at 1280-d)
+    z = np.stack([nb.project(nb.unpack_vector(nb.pack_vector(v)), proj) for v in x])
     rng = np.random.default_rng(0)
     q = np.sort(rng.choice(n, size=min(queries, n), replace=False))
     approx = nb.search_block(z, q, k)
@@ -231,7 +232,7 @@ def main(argv=None):
     common.print_machine(m)
     results = {"machine": m, "n": args.n, "dim": DIM, "runs": {}}
     rows = []
-    for mode in args.modes.split(","):
+    for mode in [m for m in args.modes.split(",") if m and args.runs > 0]:
         runs = []
         for _ in range(args.runs):
             r = timed([sys.executable, os.path.abspath(__file__), "--child", "--n", str(args.n)]
@@ -246,8 +247,9 @@ def main(argv=None):
         rows.append([mode, med["with_neighbors_s"], med["generate_only_s"],
                      med["with_neighbors_s"] - med["generate_only_s"], med["cpu_s"],
                      med["maxrss_mib"], med["tree_rss_mib"], med["load_after"]])
-    print(common.table(["runner", "pipeline s", "generate only s", "neighbour stage s",
-                        "child cpu s", "maxrss MiB", "tree RSS MiB", "load"], rows))
+    if rows:
+        print(common.table(["runner", "pipeline s", "generate only s", "neighbour stage s",
+                            "child cpu s", "maxrss MiB", "tree RSS MiB", "load"], rows))
     if not args.no_recall:
         results["recall"] = recall(args.n, args.queries)
         print("recall:", json.dumps(results["recall"]))
