@@ -157,13 +157,15 @@ def boundary_bytes(csv_path, count=200, model_side=224, tile=100):
     import apache_beam as beam
 
     from transforms import decode
-    from transforms.items import Embedded, ImageRef, Thumbnailed
+    import hashlib
+
+    from transforms.items import Embedded, ImageRef, StagedThumbnail, Thumbnailed
     from transforms.sampling import sample_key
 
     coder = beam.coders.registry.get_coder(object)
     rows = [line.split(",", 1)[0] for line in open(csv_path).read().splitlines()[1:count + 1]]
     sizes = {k: [] for k in ("ref", "old_decoded", "old_embedded_1280", "thumbnailed", "embedded_1280",
-                             "thumb_raw", "thumb_zlib1", "thumb_png")}
+                             "embedded_staged_1280", "neighbor_slim_1280", "thumb_raw", "thumb_zlib1", "thumb_png")}
     vec = np.random.default_rng(0).standard_normal(1280).astype(np.float32)
     for path in rows:
         ref = ImageRef(uid=path, ref=path, content=None, metadata=(path, "label"),
@@ -177,6 +179,16 @@ def boundary_bytes(csv_path, count=200, model_side=224, tile=100):
         sizes["old_embedded_1280"].append(len(coder.encode(DecodedImage(ref, old_thumb, (vec,)))))
         sizes["thumbnailed"].append(len(coder.encode(Thumbnailed(ref, thumb))))
         sizes["embedded_1280"].append(len(coder.encode(Embedded(ref, thumb, (vec,)))))
+        # since the staging change: the writer's group gets the thumbnail's
+        # place in a staging file, and the neighbour stage a packed slim row
+        staged = StagedThumbnail(thumb.width, thumb.height,
+                                 "/out/.beam-projector-staging-" + "0" * 32 + "/" + "0" * 32
+                                 + ".thumbs", 12_345_678, len(thumb.png),
+                                 hashlib.sha256(thumb.png).digest())
+        sizes["embedded_staged_1280"].append(len(coder.encode(Embedded(ref, staged, (vec,)))))
+        from transforms import neighbors as nb
+        e = Embedded(ref, thumb, (vec,))
+        sizes["neighbor_slim_1280"].append(len(coder.encode(nb._slim(e, 0, 1, 0, nb.PROJECTED_DIMS))))
         raw = thumb.rgb
         sizes["thumb_raw"].append(len(raw))
         sizes["thumb_zlib1"].append(len(zlib.compress(raw, 1)))
