@@ -25,13 +25,24 @@ from typing import Dict, List, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.items import Embedded, StagedThumbnail
+from transforms.items import StagedThumbnail
 from transforms.lock import is_local
 
 LOG = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".beam-projector-staging-"
 _SUFFIX = ".thumbs"
+
+
+class StagingError(OSError):
+    """A thumbnail could not be staged (e.g. the output's disk is full)."""
+
+
+def _failed(path: str, e: Exception) -> StagingError:
+    errno = getattr(e, "errno", None)
+    what = f"[Errno {errno}] {e.strerror}" if errno and getattr(e, "strerror", None) else str(e)
+    return StagingError(f"cannot write {path}: {what}; nothing published, the previous "
+                        "projector is unchanged")
 
 
 def staging_dir(output: str, run_id: str) -> str:
@@ -57,7 +68,7 @@ class _StageThumbnailsFn(beam.DoFn):
     def start_bundle(self):
         self._file, self._path, self._offset = None, None, 0
 
-    def process(self, e: Embedded):
+    def process(self, e):
         th = e.thumbnail
         if isinstance(th, StagedThumbnail):
             yield e
@@ -65,12 +76,21 @@ class _StageThumbnailsFn(beam.DoFn):
         if self._file is None:
             # a retried bundle writes a new file; the failed attempt's is
             # swept with the folder
-            self._path = FileSystems.join(self._folder, uuid.uuid4().hex + _SUFFIX)
-            self._file = FileSystems.create(self._path, mime_type="application/octet-stream",
-                                            compression_type="uncompressed")
+            self._path = FileSystems.join(self._folder, uuid.uuid4().hex[:16] + _SUFFIX)
             self._offset = 0
+            try:
+                self._file = FileSystems.create(self._path,
+                                                mime_type="application/octet-stream",
+                                                compression_type="uncompressed")
+            except Exception as e:  # noqa: BLE001 - one clear line naming the file
+                raise _failed(self._path, getattr(e, "exception_details", {}).get(
+                    self._path, e) if isinstance(getattr(e, "exception_details", None), dict)
+                    else e) from e
         data = th.png
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise _failed(self._path, e) from e
         staged = StagedThumbnail(th.width, th.height, self._path, self._offset, len(data),
                                  hashlib.sha256(data).digest())
         self._offset += len(data)
@@ -78,8 +98,11 @@ class _StageThumbnailsFn(beam.DoFn):
 
     def finish_bundle(self):
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except OSError as e:
+                raise _failed(self._path, e) from e
 
 
 class StageThumbnails(beam.PTransform):
