@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from support import check_live_projector, run_pipeline
+from transforms.staging import STAGING_PREFIX
 from transforms import write
 from transforms.items import Embedded, ImageRef, Thumbnail
 
@@ -92,9 +93,11 @@ def assert_old_logdir_intact(logdir, before, extras_swapped=False):
     old = referenced_folder(logdir)
     for rel in set(after) - set(before):
         # a killed run can leave only what nothing references: its staging
-        # data folder or a temp file beside the config
+        # data folder, its thumbnails' staging folder or a temp file beside
+        # the config
         top = rel.split(os.sep, 1)[0]
-        assert (top.startswith(write.DATA_PREFIX) and top != old) or ".tmp-" in rel, rel
+        assert ((top.startswith(write.DATA_PREFIX) and top != old) or ".tmp-" in rel
+                or top.startswith(STAGING_PREFIX)), rel
 
 
 def test_kill_at_every_publish_step_leaves_the_old_logdir(old_logdir, digits, model_path,
@@ -126,11 +129,13 @@ def test_kill_at_every_publish_step_leaves_the_old_logdir(old_logdir, digits, mo
     check_live_projector(runs["config"][0], n=20, dims={"embedding": 8}, tile=16)
     # the next good run publishes and sweeps what the killed one left
     logdir = runs["data:2"][0]
+    assert [n for n in os.listdir(logdir) if n.startswith(STAGING_PREFIX)]   # the killed run's
     run_pipeline(input=csv_path, model=model_path, embedding_layer="embedding", output=logdir,
                  max_items=30, tile_size=16)
     data = [d for d in os.listdir(logdir) if d.startswith(write.DATA_PREFIX)]
     assert data == [referenced_folder(logdir)]
     assert not [n for n in os.listdir(logdir) if ".tmp-" in n]
+    assert not [n for n in os.listdir(logdir) if n.startswith(STAGING_PREFIX)]
     manifest = write.read_manifest(logdir)
     assert manifest["data"] == data and manifest["pending"] == []
     assert sorted(os.listdir(os.path.join(logdir, data[0]))) == sorted(

@@ -45,3 +45,48 @@ def test_staged_thumbnails_read_back_identical(tmp_path):
     delete_staging(folder)
     assert not os.path.exists(folder)
     delete_staging(folder)   # gone already: no error
+
+
+HOLDER = r"""
+import sys, time
+from transforms.staging import hold_staging
+hold_staging(sys.argv[1])
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_sweep_takes_only_the_folders_of_dead_runs(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from transforms.staging import STAGING_PREFIX, hold_staging, sweep_dead_staging
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    live, dead, mine = (staging_dir(str(tmp_path), r) for r in ("live", "dead", "mine"))
+    procs = []
+    for folder in (live, dead):
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, folder], cwd=root,
+                                env=dict(os.environ, PYTHONPATH=root), stdout=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"held"
+        procs.append(proc)
+    hold_staging(mine)
+    for folder in (live, dead, mine):   # as the runs' first staged files make them
+        os.makedirs(folder)
+    old = staging_dir(str(tmp_path), "other-host")   # no lock here: swept once a day old
+    os.makedirs(old)
+    os.utime(old, (0, 0))
+    os.makedirs(staging_dir(str(tmp_path), "other-host-new"))
+    procs[1].send_signal(signal.SIGKILL)   # the kernel drops its lock
+    procs[1].wait()
+    try:
+        assert sweep_dead_staging(str(tmp_path)) == [STAGING_PREFIX + "dead",
+                                                     STAGING_PREFIX + "other-host"]
+        assert os.path.isdir(live) and os.path.isdir(mine) and not os.path.exists(dead)
+    finally:
+        procs[0].kill()
+        procs[0].wait()
+        delete_staging(mine)
+    assert sweep_dead_staging(str(tmp_path)) == [STAGING_PREFIX + "live"]
+    assert os.listdir(tmp_path) == [STAGING_PREFIX + "other-host-new"]

@@ -26,7 +26,7 @@ from transforms.decode import ThumbnailImages
 from transforms.inference import EmbedImages, ModelSpec, auto_batch_size
 from transforms.items import DEFAULT_MAX_IMAGE_BYTES, METRICS_NAMESPACE, ImageRef
 from transforms.projector import tile_size_for
-from transforms.staging import StageThumbnails, staging_dir
+from transforms.staging import StageThumbnails, hold_staging, staging_dir
 
 IMAGES, ERRORS, SUMMARY = "images", "errors", "summary"
 
@@ -308,8 +308,9 @@ class ImagesToProjector(beam.PTransform):
             preview=self._preview, standalone=self._standalone, run_id=self.run_id,
             label_column=self._suspects_label_column, options_json=self._options_json)
         # thumbnails go to staging files here, after the column stages read them
-        staged = embedded | "StageThumbnails" >> StageThumbnails(
-            staging_dir(self.output, self.run_id))
+        folder = staging_dir(self.output, self.run_id)
+        hold_staging(folder)   # this launcher holds it while the process lives
+        staged = embedded | "StageThumbnails" >> StageThumbnails(folder)
         summary = ((staged, errors, *tables)
                    | "WriteLogdir" >> write.WriteProjectorLogdir(
                        cfg, column_widths=[len(c) for c in stage_columns]))

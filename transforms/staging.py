@@ -7,18 +7,27 @@ it. So after the model, each bundle appends its items' thumbnails to one
 staging file under the output folder and sends on a ``StagedThumbnail``
 (file, offset, length, sha256); the writer reads a tile row's thumbnails
 when it draws that row. The staging folder is the run's own
-(``.beam-projector-staging-<run id>``) and is deleted once the writer is
-done, whether it published or not.
+(``.beam-projector-staging-<run id>``) and is deleted once the writer has
+published (or the CLI's run has failed). On a local filesystem the launcher
+holds a shared ``flock`` for the run on a file in the system's temp folder
+named after the staging folder (not in the logdir: a run killed before it
+staged anything leaves the logdir untouched), which the kernel drops when
+the process dies. A publish sweeps the staging folders whose lock it can
+take (killed runs' from this host), and those with no lock on this host once
+they are a day old (a run from another host over a shared filesystem is
+left alone until then).
 
 Files come and go through Beam's ``FileSystems``; the writer first copies
 remote staging files to local disk (one sequential read each), since a
 sprite reads them in key order, not file order.
 """
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from typing import Dict, List, Sequence
 
@@ -32,6 +41,10 @@ LOG = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".beam-projector-staging-"
 _SUFFIX = ".thumbs"
+# a staging folder with no lock file on this host is swept after this long
+FOREIGN_STAGING_AGE_S = 24 * 3600
+# folder -> the open file whose shared lock says the run is alive
+_HELD: Dict[str, object] = {}
 
 
 class StagingError(OSError):
@@ -149,9 +162,63 @@ class LocalCopies:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+def _lock_path(folder: str) -> str:
+    digest = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:24]
+    return os.path.join(tempfile.gettempdir(), f"beam-projector-alive-{digest}")
+
+
+def hold_staging(folder: str) -> None:
+    """Mark a local staging folder as in use by this process (see module doc);
+    object stores have no such lock: a killed run's folder stays there."""
+    if not is_local(folder) or folder in _HELD:
+        return
+    f = open(_lock_path(folder), "a")
+    fcntl.flock(f, fcntl.LOCK_SH)
+    _HELD[folder] = f
+
+
+def sweep_dead_staging(out: str, keep: str = "") -> List[str]:
+    """Delete the staging folders in local ``out`` that no live process holds
+    (killed runs'); returns their names. ``keep``: this run's folder name."""
+    if not is_local(out) or not os.path.isdir(out):
+        return []
+    swept = []
+    for name in sorted(os.listdir(out)):
+        folder = os.path.join(out, name)
+        if not name.startswith(STAGING_PREFIX) or name == keep or folder in _HELD:
+            continue
+        lock = _lock_path(folder)
+        if os.path.exists(lock):
+            try:
+                with open(lock, "a") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)   # held: a live run's
+            except OSError:
+                continue
+        else:
+            try:
+                if time.time() - os.path.getmtime(folder) < FOREIGN_STAGING_AGE_S:
+                    continue
+            except OSError:
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.remove(lock)
+        except OSError:
+            pass
+        swept.append(name)
+    return swept
+
+
 def delete_staging(folder: str) -> None:
     """Remove a run's staging folder; a failure is logged, never raised (the
     folder is hidden and holds no user data)."""
+    held = _HELD.pop(folder, None)
+    if held is not None:
+        held.close()
+        try:
+            os.remove(_lock_path(folder))
+        except OSError:
+            pass
     if is_local(folder):
         if os.path.isdir(folder):
             shutil.rmtree(folder, ignore_errors=True)

@@ -27,7 +27,7 @@ from transforms import preview, projector, standalone
 from transforms.decode import release_free_memory
 from transforms.items import METRICS_NAMESPACE, Embedded, ErrorRow, order_key
 from transforms.lock import PublishLock, is_local
-from transforms.staging import LocalCopies, delete_staging, staging_dir
+from transforms.staging import LocalCopies, delete_staging, staging_dir, sweep_dead_staging
 
 LOG = logging.getLogger(__name__)
 CONFIG_NAME = "projector_config.pbtxt"
@@ -672,7 +672,9 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
                     if renamed else "; nothing published, the previous projector is unchanged")
             raise PublishError(f"{e if isinstance(e, PublishError) else _describe(e)}"
                                f"{what}{undone}") from e
-        # the sweep: what died or was superseded, as the manifest lists it
+        # the sweep: what died or was superseded, as the manifest lists it,
+        # and the staging folders of killed runs (transforms/staging.py)
+        sweep_dead_staging(out, keep=posixpath.basename(staging_dir(out, cfg.run_id)))
         kept = {folder}
         for d in sorted(owned_data - {folder}):
             if _try_delete([_folder_path(out, d)]):
