@@ -148,6 +148,11 @@ def _tile_for(sampled: int, max_items: int, requested: int) -> int:
     return tile_size_for(max(1, min(sampled, max_items)), requested)
 
 
+def _apply_stage(pcoll, stage, label):
+    """A user's stage; one given as "Label" >> transform keeps its label."""
+    return pcoll | (stage if hasattr(stage, "transform") else label >> stage)
+
+
 class ImagesToProjector(beam.PTransform):
     """Images + a model -> a TensorBoard Embedding Projector logdir at ``output``.
 
@@ -290,14 +295,11 @@ class ImagesToProjector(beam.PTransform):
             embedded = self._watch("embedded", embedded,
                                    total=first_n.kept_keys | "CountSelected" >> beam.Map(len))
         for i, stage in enumerate(self._after_embed):
-            # a stage given as "Label" >> transform keeps its label
-            named = hasattr(stage, "transform")
-            embedded = embedded | (stage if named else f"AfterEmbed{i}" >> stage)
-        tables, stage_columns = [], []
-        for i, stage in enumerate(self._column_stages):
-            named = hasattr(stage, "transform")
-            tables.append(embedded | (stage if named else f"Columns{i}" >> stage))
-            stage_columns.append(tuple(getattr(stage, "transform", stage).columns))
+            embedded = _apply_stage(embedded, stage, f"AfterEmbed{i}")
+        tables = [_apply_stage(embedded, stage, f"Columns{i}")
+                  for i, stage in enumerate(self._column_stages)]
+        stage_columns = [tuple(getattr(stage, "transform", stage).columns)
+                         for stage in self._column_stages]
         errors = ((*upstream, *self._errors, decode_errors, embed_errors)
                   | "AllErrors" >> beam.Flatten(pipeline=p))
         cfg = write.WriterConfig(

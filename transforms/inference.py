@@ -403,12 +403,12 @@ def _to_embedded(keyed, counter_ok, counter_bad):
 # against 32 and saves about 360 MB (BENCHMARKS.md, "Batch size"); small
 # inputs (64 px: 32) keep the per-call overhead low.
 AUTO_BATCH_PIXELS = 8 * 224 * 224
+AUTO_BATCH_MAX = 32
 # Images decoded for the model per turn of the thread pool, whatever the
 # batch: the pixels of a block are kB to MB, the activations of a batch are
-# what costs memory. At batch 8 a block of 8 made the 1,500-photo run 26 %
-# slower than batch 32 (BENCHMARKS.md, "Batch size").
+# what costs memory. At batch 8, 1,500 photos took 37.2 s with blocks of 8
+# and 34.5 s with blocks of 32 (BENCHMARKS.md, "Throughput of the final code").
 DECODE_BLOCK = 32
-AUTO_BATCH_MAX = 32
 
 
 def auto_batch_size(input_size) -> int:
@@ -431,8 +431,6 @@ class EmbedImages(beam.PTransform):
                  resize_mode: str = "pad", max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         super().__init__()
         self._handler = KeyedModelHandler(EmbeddingModelHandler(spec, batch_size))
-        # decode in blocks of at least DECODE_BLOCK: small batches (8 at 224 px)
-        # would otherwise hand the pool too little work per turn
         self._decode = DecodeForModelFn(model_size, resize_mode,
                                         block=max(batch_size, DECODE_BLOCK), max_bytes=max_bytes)
 

@@ -35,7 +35,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.items import StagedThumbnail
-from transforms.lock import is_local
+from transforms.lock import describe_io_error, is_local
 
 LOG = logging.getLogger(__name__)
 
@@ -52,10 +52,8 @@ class StagingError(OSError):
 
 
 def _failed(path: str, e: Exception) -> StagingError:
-    errno = getattr(e, "errno", None)
-    what = f"[Errno {errno}] {e.strerror}" if errno and getattr(e, "strerror", None) else str(e)
-    return StagingError(f"cannot write {path}: {what}; nothing published, the previous "
-                        "projector is unchanged")
+    return StagingError(f"cannot write {path}: {describe_io_error(e)}; nothing published, "
+                        "the previous projector is unchanged")
 
 
 def staging_dir(output: str, run_id: str) -> str:
@@ -96,9 +94,7 @@ class _StageThumbnailsFn(beam.DoFn):
                                                 mime_type="application/octet-stream",
                                                 compression_type="uncompressed")
             except Exception as e:  # noqa: BLE001 - one clear line naming the file
-                raise _failed(self._path, getattr(e, "exception_details", {}).get(
-                    self._path, e) if isinstance(getattr(e, "exception_details", None), dict)
-                    else e) from e
+                raise _failed(self._path, e) from e
         data = th.png
         try:
             self._file.write(data)
@@ -142,8 +138,8 @@ class LocalCopies:
         self._tmp = None
 
     def __enter__(self) -> List:
-        remote = sorted({t.path for t in self._thumbnails
-                         if isinstance(t, StagedThumbnail) and not is_local(t.path)})
+        paths = {t.path for t in self._thumbnails if isinstance(t, StagedThumbnail)}
+        remote = sorted(p for p in paths if not is_local(p))
         if not remote:
             return list(self._thumbnails)
         self._tmp = tempfile.mkdtemp(prefix="beam-projector-thumbs-")

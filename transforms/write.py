@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import preview, projector, standalone
 from transforms.decode import release_free_memory
 from transforms.items import METRICS_NAMESPACE, Embedded, ErrorRow, order_key
-from transforms.lock import PublishLock, is_local
+from transforms.lock import PublishLock, describe_io_error, is_local
 from transforms.staging import LocalCopies, delete_staging, staging_dir, sweep_dead_staging
 
 LOG = logging.getLogger(__name__)
@@ -475,30 +475,18 @@ def check_output_owned(out: str, names: Sequence[str]) -> None:
         raise OwnershipError(_foreign_message(out, foreign, manifest))
 
 
-def _describe(e: Exception) -> str:
-    """An OSError (also when Beam wraps it in BeamIOError) as '[Errno N] text'."""
-    inner = getattr(e, "exception_details", None)
-    if isinstance(inner, dict) and inner:
-        e = next(iter(inner.values()))
-    while isinstance(e, OSError) and e.errno is None and e.args and isinstance(e.args[0], OSError):
-        e = e.args[0]   # LocalFileSystem wraps an OSError in IOError(err)
-    if isinstance(e, OSError) and e.errno is not None:
-        return f"[Errno {e.errno}] {e.strerror}"
-    return f"{type(e).__name__}: {e}"
-
-
 def _write(path: str, data: bytes) -> None:
     try:
         write_bytes(path, data)
     except Exception as e:  # noqa: BLE001 - name the path, whatever the filesystem raised
-        raise PublishError(f"cannot write {path}: {_describe(e)}") from e
+        raise PublishError(f"cannot write {path}: {describe_io_error(e)}") from e
 
 
 def _write_stream(path: str, write: Callable[[BinaryIO], None]) -> None:
     try:
         write_stream(path, write)
     except Exception as e:  # noqa: BLE001 - name the path, whatever the filesystem raised
-        raise PublishError(f"cannot write {path}: {_describe(e)}") from e
+        raise PublishError(f"cannot write {path}: {describe_io_error(e)}") from e
 
 
 def _replace(path: str, data: bytes, tag: str) -> None:
@@ -506,7 +494,7 @@ def _replace(path: str, data: bytes, tag: str) -> None:
         replace_file(path, data, tag)
     except Exception as e:  # noqa: BLE001
         _try_delete([path + f".tmp-{tag}"])
-        raise PublishError(f"cannot write {path}: {_describe(e)}") from e
+        raise PublishError(f"cannot write {path}: {describe_io_error(e)}") from e
 
 
 def _delete(paths: Sequence[str]) -> None:
@@ -647,7 +635,8 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
                 try:
                     write_bytes(tmp, data)
                 except Exception as e:  # noqa: BLE001 - name the file, not its temp
-                    raise PublishError(f"cannot write {join(out, name)}: {_describe(e)}") from e
+                    raise PublishError(
+                        f"cannot write {join(out, name)}: {describe_io_error(e)}") from e
             # extras an earlier run wrote and this one does not: gone before the swap
             gone = [n for n in manifest["files"] if n not in names]
             undeleted = {n for n in gone if _try_delete([join(out, n)])}
@@ -655,7 +644,8 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
                 try:
                     FileSystems.rename([join(out, name + f".tmp-{tag}")], [join(out, name)])
                 except Exception as e:  # noqa: BLE001
-                    raise PublishError(f"cannot write {join(out, name)}: {_describe(e)}") from e
+                    raise PublishError(
+                        f"cannot write {join(out, name)}: {describe_io_error(e)}") from e
                 renamed = True
         except Exception as e:
             _try_delete(temps)
@@ -670,7 +660,7 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
                     pass
             what = ("; the previous projector is still live, beside this attempt's extras"
                     if renamed else "; nothing published, the previous projector is unchanged")
-            raise PublishError(f"{e if isinstance(e, PublishError) else _describe(e)}"
+            raise PublishError(f"{e if isinstance(e, PublishError) else describe_io_error(e)}"
                                f"{what}{undone}") from e
         # the sweep: what died or was superseded, as the manifest lists it,
         # and the staging folders of killed runs (transforms/staging.py)
