@@ -78,3 +78,47 @@ def test_default_batch_holds_less_than_a_large_one(tmp_path):
              "--max_items", "64", "--no_preview", *extra], env=env, cwd=ROOT)
         assert code == 0, err[-3000:]
     assert peaks["auto"] < peaks["32"] - 100, peaks
+
+
+def test_a_block_is_decoded_whole_before_the_model_sees_any_of_it(monkeypatch):
+    """Decoding and the model take turns: the fused model call must not start
+    on a block's first images while the pool still decodes the rest (decode
+    threads beside TensorFlow's stall it). So nothing leaves the decode step
+    until every image of its block is decoded, whatever the batch."""
+    import threading
+    import time
+
+    from transforms import decode
+    from transforms.items import ImageRef, Thumbnail, Thumbnailed
+
+    finished = []
+    lock = threading.Lock()
+
+    def fake_decode(element, model_size, resize_mode, max_bytes):
+        # the first image is quick, the rest slow: emitting as each lands
+        # would hand the first one on while the others still decode
+        if element.item.key != 1:
+            time.sleep(0.05)
+        with lock:
+            finished.append(element.item.key)
+        return element, b"pixels"
+
+    monkeypatch.setattr(decode, "_model_input_one", fake_decode)
+    block = 8
+    fn = decode.DecodeForModelFn((4, 4), block=block, threads=2)
+    fn.setup()
+    try:
+        fn.start_bundle()
+        thumb = Thumbnail(1, 1, b"")
+        seen = []
+        for key in range(1, 2 * block + 1):
+            element = Thumbnailed(ImageRef(f"u{key}", f"r{key}", None, (), key), thumb)
+            for out in fn.process(element, window=None, timestamp=None):
+                with lock:
+                    seen.append((out[0][0].key, len(finished)))
+        for key, done in seen:
+            block_end = ((key - 1) // block + 1) * block
+            assert done >= block_end, (key, done)
+        assert [k for k, _ in seen] == list(range(1, 2 * block + 1))  # input order
+    finally:
+        fn.teardown()

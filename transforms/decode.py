@@ -509,11 +509,15 @@ class DecodeForModelFn(beam.DoFn):
         futures = [self._pool.submit(_model_input_one, element, self._model_size,
                                      self._resize_mode, self._max_bytes)
                    for element, _, _ in block]
-        for future, (_, window, timestamp) in zip(futures, block):
-            yield from self._emit(future, window, timestamp, windowed)
+        # The whole block is decoded before the first image goes on: emitting
+        # as each future lands would let the fused model call run while the
+        # pool still decodes the rest of the block, and that overlap is what
+        # stalls TensorFlow (a batch smaller than the block hit it every turn).
+        done = [future.result() for future in futures]
+        for (element, result), (_, window, timestamp) in zip(done, block):
+            yield from self._emit(element, result, window, timestamp, windowed)
 
-    def _emit(self, future, window, timestamp, windowed):
-        element, result = future.result()
+    def _emit(self, element, result, window, timestamp, windowed):
         if isinstance(result, ErrorRow):
             self._failed.inc()
             value, tag = result, ERRORS_TAG
