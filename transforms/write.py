@@ -475,18 +475,23 @@ def check_output_owned(out: str, names: Sequence[str]) -> None:
         raise OwnershipError(_foreign_message(out, foreign, manifest))
 
 
+def _cannot_write(path: str, e: Exception) -> PublishError:
+    """The one line a failed write of ``path`` reports, whatever raised."""
+    return PublishError(f"cannot write {path}: {describe_io_error(e)}")
+
+
 def _write(path: str, data: bytes) -> None:
     try:
         write_bytes(path, data)
     except Exception as e:  # noqa: BLE001 - name the path, whatever the filesystem raised
-        raise PublishError(f"cannot write {path}: {describe_io_error(e)}") from e
+        raise _cannot_write(path, e) from e
 
 
 def _write_stream(path: str, write: Callable[[BinaryIO], None]) -> None:
     try:
         write_stream(path, write)
     except Exception as e:  # noqa: BLE001 - name the path, whatever the filesystem raised
-        raise PublishError(f"cannot write {path}: {describe_io_error(e)}") from e
+        raise _cannot_write(path, e) from e
 
 
 def _replace(path: str, data: bytes, tag: str) -> None:
@@ -494,7 +499,7 @@ def _replace(path: str, data: bytes, tag: str) -> None:
         replace_file(path, data, tag)
     except Exception as e:  # noqa: BLE001
         _try_delete([path + f".tmp-{tag}"])
-        raise PublishError(f"cannot write {path}: {describe_io_error(e)}") from e
+        raise _cannot_write(path, e) from e
 
 
 def _delete(paths: Sequence[str]) -> None:
@@ -635,8 +640,7 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
                 try:
                     write_bytes(tmp, data)
                 except Exception as e:  # noqa: BLE001 - name the file, not its temp
-                    raise PublishError(
-                        f"cannot write {join(out, name)}: {describe_io_error(e)}") from e
+                    raise _cannot_write(join(out, name), e) from e
             # extras an earlier run wrote and this one does not: gone before the swap
             gone = [n for n in manifest["files"] if n not in names]
             undeleted = {n for n in gone if _try_delete([join(out, n)])}
@@ -644,8 +648,7 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
                 try:
                     FileSystems.rename([join(out, name + f".tmp-{tag}")], [join(out, name)])
                 except Exception as e:  # noqa: BLE001
-                    raise PublishError(
-                        f"cannot write {join(out, name)}: {describe_io_error(e)}") from e
+                    raise _cannot_write(join(out, name), e) from e
                 renamed = True
         except Exception as e:
             _try_delete(temps)
