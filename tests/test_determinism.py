@@ -33,13 +33,20 @@ def setup(digits, tmp_path_factory):
     folder = tmp_path_factory.mktemp("det")
     base = os.path.dirname(csv_path)
     data = str(folder / "in.csv")
+
+    def rel(name):
+        # Relative to the CSV: a row is its own sample key, so an absolute
+        # path would make the sample (and whether a missing file is in it)
+        # depend on pytest's numbered temp folder.
+        return os.path.relpath(os.path.join(base, name), folder)
+
     with open(data, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "note"])
         for i, r in enumerate(rows):
-            w.writerow([os.path.join(base, r["path"]), r["label"], ["", "a\tb", "x"][i % 3]])
+            w.writerow([rel(r["path"]), r["label"], ["", "a\tb", "x"][i % 3]])
         for i in range(5):
-            w.writerow([os.path.join(base, f"missing_{i}.png"), "gone", ""])
+            w.writerow([rel(f"missing_{i}.png"), "gone", ""])
     return folder, data, dense_model(str(folder / "dense.keras"))
 
 
