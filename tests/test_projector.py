@@ -160,3 +160,29 @@ def test_thumbnails_round_trip_losslessly():
     rgb = bytes(range(256)) * 3
     th = Thumbnail.from_rgb(16, 16, rgb)
     assert (th.width, th.height, th.rgb) == (16, 16, rgb)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 3, 3), (75, 100, 3), (9, 5, 4), (300, 2, 4)])
+def test_own_png_codec_is_lossless_and_readable_by_pillow(shape):
+    """Thumbnails and the preview use our encoder and decoder: what Pillow
+    (and so the projector's browser) reads back must be the same pixels."""
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    data = projector.encode_png(pixels)
+    np.testing.assert_array_equal(projector.decode_own_png(data), pixels)
+    back = Image.open(io.BytesIO(data))
+    assert back.mode == ("RGB" if shape[2] == 3 else "RGBA")
+    np.testing.assert_array_equal(np.asarray(back), pixels)
+    image = Image.fromarray(pixels)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(
+        projector.png_bytes(image, strip_rows=2)))), pixels)
+
+
+def test_a_png_from_elsewhere_is_left_to_pillow():
+    pixels = np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).quantize(16).save(buf, format="PNG")   # a palette PNG
+    assert projector.decode_own_png(buf.getvalue()) is None
+    assert projector.decode_own_png(b"not a png") is None
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")   # Pillow's own filters
+    np.testing.assert_array_equal(np.asarray(Thumbnail(5, 6, buf.getvalue()).image()), pixels)

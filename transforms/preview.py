@@ -10,7 +10,6 @@ scikit-learn's PCA would do the projection, but it is only a demo/test extra
 here; an SVD of the D x D scatter matrix in numpy is a few lines and keeps the
 writer's memory at O(D^2) beyond the matrix it already holds.
 """
-import io
 import math
 from typing import Sequence, Tuple
 
@@ -169,11 +168,3 @@ def render_preview(thumbnails: Sequence, matrix, tile: int,
         x0, y0 = int(cells[i, 0]) * cell, int(cells[i, 1]) * cell
         canvas.paste(im, (x0 + (cell - im.width) // 2, y0 + (cell - im.height) // 2))
     return canvas
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """PNG at zlib level 1, as the sprite: the writer is one stage on one
-    core, and higher levels cost it seconds for a fifth of the size."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()

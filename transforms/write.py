@@ -342,7 +342,7 @@ def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
     png = None
     if cfg.preview:
         m = min(n, PREVIEW_MAX_POINTS)
-        png = preview.png_bytes(preview.render_preview(thumbnails[:m], matrices[0][:m], tile))
+        png = projector.png_bytes(preview.render_preview(thumbnails[:m], matrices[0][:m], tile))
     return Assets(files, tensors, h.hexdigest()[:16], tile, standalone_tensors, png)
 
 
