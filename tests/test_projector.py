@@ -100,6 +100,18 @@ def test_metadata_row_width_must_match_columns():
         projector.metadata_tsv(["a", "b"], [["only-one"]])
 
 
+def test_tensor_tsv_is_the_text_numpy_savetxt_writes():
+    """The rows TensorBoard has always been given, byte for byte, special
+    values included."""
+    m = np.random.default_rng(3).standard_normal((7, 5)).astype(np.float32) * 1e3
+    m[0, :] = [np.nan, np.inf, -np.inf, -0.0, 1e-45]
+    m[1, :] = [3.4028235e38, -1.1754944e-38, 1.0, 0.1, 123456789.0]
+    buf = io.StringIO()
+    np.savetxt(buf, m, fmt="%.9g", delimiter="\t", newline="\n")
+    assert projector.tensor_tsv(m) == buf.getvalue().encode("ascii")
+    assert projector.tensor_tsv(m[:0]) == b""
+
+
 def test_tensor_tsv_no_header_no_empty_field_and_exact_floats():
     m = np.array([[0.1, -2.5e-8, 3.0], [1e30, 0.0, -1.0]], dtype=np.float32)
     text = projector.tensor_tsv(m).decode()
