@@ -105,7 +105,7 @@ def write_png_rows(f, width: int, height: int, strips: Iterable[np.ndarray],
     itself (signature, IHDR, IDAT, IEND: the PNG spec's minimum) from strips,
     with the "Up" filter on every row. On photo tiles that costs about two
     thirds of Pillow's encoder (which tries every filter on every row) for
-    a file about 7 % larger (BENCHMARKS.md, "Throughput, third pass").
+    a file about 8 % larger (BENCHMARKS.md, "Throughput, third pass").
     """
     row_bytes = width * channels
     f.write(b"\x89PNG\r\n\x1a\n")
@@ -147,8 +147,9 @@ def decode_own_png(data: bytes) -> Optional[np.ndarray]:
     (neighbour signatures, preview, sprite) on the writer's single core, and
     with every row "Up"-filtered the whole unfiltering is one cumulative sum
     down the rows, about 2.5 x faster than Pillow's row-by-row decoder.
-    Chunk CRCs are not checked: these bytes never left this job (staged
-    thumbnails are checked against their sha256 instead).
+    Chunk CRCs are not checked: these are the job's own bytes, and damage
+    to the image data still fails zlib's own checksum or the length check,
+    which hands the bytes to Pillow (and its CRC check) instead.
     """
     if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         return None
