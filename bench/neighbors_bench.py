@@ -226,6 +226,8 @@ def main(argv=None):
     ap.add_argument("--json")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, beam_args = ap.parse_known_args(argv)
+    if args.queries < 1 and not args.no_recall:
+        ap.error("--queries must be at least 1 (--no_recall skips the recall measurement)")
     if args.child:
         return child(args, beam_args)
     m = common.machine()
