@@ -92,7 +92,9 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {3: 2, 4: 6}   # channels -> PNG colour type (RGB, RGBA)
+_CHANNELS = {color: channels for channels, color in _COLOR_TYPES.items()}
 
 
 def write_png_rows(f, width: int, height: int, strips: Iterable[np.ndarray],
@@ -108,7 +110,7 @@ def write_png_rows(f, width: int, height: int, strips: Iterable[np.ndarray],
     a file about 8 % larger (BENCHMARKS.md, "Throughput, third pass").
     """
     row_bytes = width * channels
-    f.write(b"\x89PNG\r\n\x1a\n")
+    f.write(_PNG_SIGNATURE)
     f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8,
                                             _COLOR_TYPES[channels], 0, 0, 0)))
     z = zlib.compressobj(level)
@@ -151,10 +153,10 @@ def decode_own_png(data: bytes) -> Optional[np.ndarray]:
     to the image data still fails zlib's own checksum or the length check,
     which hands the bytes to Pillow (and its CRC check) instead.
     """
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
         return None
     width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
-    channels = {2: 3, 6: 4}.get(color)
+    channels = _CHANNELS.get(color)
     if depth != 8 or channels is None or interlace or not width or not height:
         return None
     idat, pos = [], 33
