@@ -151,6 +151,14 @@ class DecodedImage(NamedTuple):
     thumbnail: object
 
 
+class Thumbnailed(NamedTuple):
+    """The element the two-decode layout carried across the cut to N: the
+    reference and the thumbnail (transforms.items had it until the
+    single-decode plan; kept here so the figure stays measurable)."""
+    item: object
+    thumbnail: object
+
+
 def boundary_bytes(csv_path, count=200, model_side=224, tile=100):
     """Encoded bytes of one element at each materialised boundary, medians
     over ``count`` photos, with the coder Beam picks for these elements."""
@@ -159,7 +167,7 @@ def boundary_bytes(csv_path, count=200, model_side=224, tile=100):
     from transforms import decode
     import hashlib
 
-    from transforms.items import Embedded, ImageRef, StagedThumbnail, Thumbnailed
+    from transforms.items import Embedded, ImageRef, StagedThumbnail
     from transforms.sampling import sample_key
 
     coder = beam.coders.registry.get_coder(object)
@@ -177,6 +185,7 @@ def boundary_bytes(csv_path, count=200, model_side=224, tile=100):
         old_thumb = (thumb.width, thumb.height, thumb.rgb)
         sizes["old_decoded"].append(len(coder.encode(DecodedImage(ref, pixels, old_thumb))))
         sizes["old_embedded_1280"].append(len(coder.encode(DecodedImage(ref, old_thumb, (vec,)))))
+        # what crossed the cut to N from 2026-11-27 to the single-decode plan
         sizes["thumbnailed"].append(len(coder.encode(Thumbnailed(ref, thumb))))
         sizes["embedded_1280"].append(len(coder.encode(Embedded(ref, thumb, (vec,)))))
         # since the staging change: the writer's group gets the thumbnail's

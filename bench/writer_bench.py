@@ -5,7 +5,7 @@ The pipeline's writer is one stage on one core, so its time adds straight to
 the run's. This times exactly its two steps (``build_assets``: matrix,
 metadata, digest, preview.png; ``publish``: the TSV tensor, the sprite, the
 extras) on N thumbnails made from a photo folder by the code's own
-``make_thumbnail``, with random 1280-d vectors. ``--code`` runs another
+``decode_image``, with random 1280-d vectors. ``--code`` runs another
 checkout's writer (a git worktree of an older commit, say), so two versions
 can be compared in the same minutes; run them interleaved.
 
@@ -49,7 +49,7 @@ def main():
     kept = []
     for i, path in enumerate(files):
         with open(path, "rb") as f:
-            thumb = decode.make_thumbnail(f.read(), args.tile)
+            thumb = decode.decode_image(f.read(), (224, 224), args.tile)[1]
         item = ImageRef(path, path, None, (f"label{i % 8}", os.path.basename(path)), key=i)
         kept.append(Embedded(item, thumb, (rng.random(args.dim).astype(np.float32),)))
     rows = []

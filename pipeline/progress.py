@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.quiet import QUIET_ENV, quiet_pillow_warnings
-from transforms.items import METRICS_NAMESPACE
+from transforms.items import METRICS_NAMESPACE, TotalChange
 from transforms.write import SUMMARY_NAME  # one name for the writer and the launcher
 
 LOG = logging.getLogger("beam-projector")
@@ -131,22 +131,30 @@ class _ProgressFn(beam.DoFn):
     def setup(self):
         self._line = _LiveLine(sys.stderr) if self._live else None
         if os.environ.get(QUIET_ENV):
-            # a local worker process of a quiet run: a progress step sits in
-            # the decode stage, so its setup (which runs before any element
-            # of the stage) is where the process gets Pillow's filter too
+            # a local worker process of a quiet run: a progress step may sit
+            # in a decode stage (whose DoFns install the filter too), so its
+            # setup, before any element of the stage, installs Pillow's filter
             quiet_pillow_warnings()
 
     def process(self, element, total=None):
         now = time.monotonic()
+        change = isinstance(element, TotalChange)
         with _COUNTS_LOCK:
             state = _COUNTS.setdefault(self._key, {"seen": 0, "started": now, "last": now,
-                                                   "next": None})
-            state["seen"] += 1
+                                                   "next": None, "delta": 0, "ended": False})
+            if change:
+                state["delta"] += element.delta
+            else:
+                state["seen"] += 1
             seen = state["seen"]
+            if total:
+                total = max(1, total + state["delta"])
             if state["next"] is None:
                 state["next"] = next_report(0, total, self._first)
             since = now - state["last"]
-            if self._line:
+            if change:  # a changed total is news only when it ends the stage
+                due = bool(total) and seen >= total and not state["ended"]
+            elif self._line:
                 due = since >= 0.25 or seen == total
             else:  # a step reached, but not more than one line per min_gap_s
                 due = ((seen >= state["next"] and since >= self._min_gap_s)
@@ -154,6 +162,7 @@ class _ProgressFn(beam.DoFn):
             if due:
                 state["next"] = next_report(seen, total, self._first)
                 state["last"] = now
+                state["ended"] = bool(total) and seen >= total
         if due:
             text = progress_text(self._stage, seen, total, now - state["started"],
                                  self._whole_job)
@@ -161,7 +170,8 @@ class _ProgressFn(beam.DoFn):
                 self._line.show(text, final=bool(total) and seen >= total)
             else:
                 LOG.info("progress: %s", text)
-        yield element
+        if not change:
+            yield element
 
 
 def _runs_in_this_process(options) -> bool:

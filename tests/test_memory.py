@@ -89,31 +89,30 @@ def test_a_block_is_decoded_whole_before_the_model_sees_any_of_it(monkeypatch):
     import time
 
     from transforms import decode
-    from transforms.items import ImageRef, Thumbnail, Thumbnailed
+    from transforms.items import ImageRef, Thumbnail
 
     finished = []
     lock = threading.Lock()
 
-    def fake_decode(element, model_size, resize_mode, max_bytes):
+    def fake_decode(item, model_size, tile, resize_mode, again, max_bytes):
         # the first image is quick, the rest slow: emitting as each lands
         # would hand the first one on while the others still decode
-        if element.item.key != 1:
+        if item.key != 1:
             time.sleep(0.05)
         with lock:
-            finished.append(element.item.key)
-        return element, b"pixels"
+            finished.append(item.key)
+        return item, (Thumbnail(1, 1, b""), b"pixels")
 
-    monkeypatch.setattr(decode, "_model_input_one", fake_decode)
+    monkeypatch.setattr(decode, "_decode_one", fake_decode)
     block = 8
     fn = decode.DecodeForModelFn((4, 4), block=block, threads=2)
     fn.setup()
     try:
         fn.start_bundle()
-        thumb = Thumbnail(1, 1, b"")
         seen = []
         for key in range(1, 2 * block + 1):
-            element = Thumbnailed(ImageRef(f"u{key}", f"r{key}", None, (), key), thumb)
-            for out in fn.process(element, window=None, timestamp=None):
+            element = ImageRef(f"u{key}", f"r{key}", None, (), key)
+            for out in fn.process(element, 4, window=None, timestamp=None):
                 with lock:
                     seen.append((out[0][0].key, len(finished)))
         for key, done in seen:

@@ -91,6 +91,27 @@ def test_a_fast_stage_logs_only_its_last_line(caplog):
     assert len(lines) == 1 and lines[0].startswith("progress: embedded 300 / 300 (100%)")
 
 
+def test_a_failed_image_moves_the_total_down_and_its_refill_up_again(caplog):
+    """The total is what the plan sends to the model; an image that fails to
+    decode there is not coming (-1), the margin image chosen in its place is
+    (+1). Changes pass no element on, and the stage still ends at 100 %,
+    whichever order the change and the last element arrive in."""
+    from transforms.items import TotalChange
+
+    caplog.set_level(logging.INFO, logger="beam-projector")
+    fn = progress._ProgressFn("embedded")
+    fn.setup()
+    for i in range(9):
+        assert list(fn.process(i, total=10)) == [i]
+    assert list(fn.process(TotalChange(-1), total=10)) == []   # arrives after the 9th
+    lines = _records(caplog)
+    assert len(lines) == 1 and lines[0].startswith("progress: embedded 9 / 9 (100%)"), lines
+    assert list(fn.process(TotalChange(1), total=10)) == []    # a refill was chosen
+    assert list(fn.process("refill", total=10)) == ["refill"]
+    lines = _records(caplog)
+    assert len(lines) == 2 and lines[1].startswith("progress: embedded 10 / 10 (100%)"), lines
+
+
 def test_live_line_rewrites_one_terminal_line(monkeypatch):
     stream = io.StringIO()
     monkeypatch.setattr(progress.sys, "stderr", stream)

@@ -102,3 +102,72 @@ def test_per_label_quota_is_refilled_when_images_fail(digits, model_path, tmp_pa
     errors = (out / "errors.tsv").read_text().splitlines()[1:]
     assert sorted(e.split("\t")[0].rsplit("/", 1)[-1] for e in errors) == sorted(
         r[0] for r in a_rows[:2])
+
+
+# --- the cut to N, planned before any decode and recomputed after failures --------
+
+def _oracle(pairs, failed, n, per_label):
+    """What checking every image before the cut keeps: the first per_label of
+    each label among those that decode, then the first n of those."""
+    ok = [(label, key) for label, key in pairs if key[0] not in failed]
+    by_label = collections.defaultdict(list)
+    for label, key in sorted(ok, key=lambda p: p[1]):
+        by_label[label].append(key)
+    allowed = {k for keys in by_label.values() for k in keys[:per_label or len(keys)]}
+    return sorted(k for _, k in ok if k in allowed)[:n]
+
+
+def test_plan_then_refill_keeps_exactly_what_checking_everything_first_keeps():
+    """The pipeline embeds the plan's first N without checking them first,
+    then refills each read/decode failure from the margin by the cut
+    recomputed without the failures. Whatever fails, that must keep the same
+    images as checking every image before the cut: the plan's survivors all
+    stay kept (a failure only moves others up), and the refills are exactly
+    the rest."""
+    from transforms.sampling import cut_without, first_cut, within_cut
+
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        size = int(rng.integers(1, 60))
+        labels = [f"l{int(x)}" for x in rng.integers(0, 4, size)]
+        pairs = [(labels[i], (int(k), f"u{i}")) for i, k in
+                 enumerate(rng.choice(10 ** 6, size, replace=False))]
+        n = int(rng.integers(1, 40))
+        per_label = None if trial % 2 else int(rng.integers(1, 12))
+        failed = {key[0] for _, key in pairs if rng.random() < 0.2}
+        plan = first_cut(pairs, n, per_label)
+        planned = [(lb, k) for lb, k in pairs if within_cut(k, lb, plan)]
+        final = cut_without(failed, pairs, n, per_label)
+        survivors = sorted(k for lb, k in planned if k[0] not in failed)
+        refills = sorted(k for lb, k in pairs if not within_cut(k, lb, plan)
+                         and k[0] not in failed and within_cut(k, lb, final))
+        expected = _oracle(pairs, failed, n, per_label)
+        assert plan.count == len(_oracle(pairs, set(), n, per_label))
+        assert all(within_cut(k, lb, final) for lb, k in planned if k[0] not in failed)
+        assert sorted(survivors + refills) == expected, (trial, n, per_label)
+
+
+def test_the_cut_combiner_merges_bounded_partials_to_the_same_cut():
+    from transforms.sampling import FirstCutFn, first_cut
+
+    rng = np.random.default_rng(5)
+    pairs = [(f"l{i % 3}", (int(k), f"u{i}")) for i, k in enumerate(rng.permutation(5000))]
+    for per_label in (None, 7):
+        fn = FirstCutFn(25, per_label)
+        parts = []
+        for chunk in np.array_split(np.arange(len(pairs)), 6):
+            acc = fn.create_accumulator()
+            for i in chunk:
+                acc = fn.add_input(acc, pairs[i])
+            assert sum(len(v) for v in acc.values()) <= 3 * 2 * (per_label or 25)  # bounded
+            parts.append(acc)
+        got = fn.extract_output(fn.merge_accumulators(parts))
+        assert got == first_cut(pairs, 25, per_label)
+        assert got.count == (21 if per_label else 25)
+
+
+def test_an_empty_cut_keeps_nothing():
+    from transforms.sampling import first_cut, within_cut
+
+    cut = first_cut([], 10)
+    assert cut.count == 0 and not within_cut((1, "a"), None, cut)

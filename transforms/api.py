@@ -17,18 +17,22 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 
 from transforms import checks, sampling, sources, write
-from transforms.decode import ThumbnailImages
+from transforms.decode import CheckDecodes
 from transforms.inference import EmbedImages, ModelSpec, auto_batch_size
-from transforms.items import DEFAULT_MAX_IMAGE_BYTES, METRICS_NAMESPACE, ImageRef
+from transforms.items import (DEFAULT_MAX_IMAGE_BYTES, METRICS_NAMESPACE, ErrorRow, ImageRef,
+                              TotalChange)
 from transforms.projector import tile_size_for
 from transforms.staging import StageThumbnails, hold_staging, staging_dir
 
 IMAGES, ERRORS, SUMMARY = "images", "errors", "summary"
+MARGIN = "margin"
+# Failures of a first attempt at an image, which the margin refills.
+REFILLABLE_STAGES = ("read", "decode")
 
 
 class ReadResult(dict):
@@ -140,8 +144,33 @@ def _count(name):
     return inc
 
 
-def _item_of(thumbnailed):
-    return thumbnailed.item
+class _SplitAtCut(beam.DoFn):
+    """The sample -> the planned first N (main) and the margin (``MARGIN``)."""
+
+    def __init__(self, label_of=None):
+        self._label_of = label_of
+
+    def process(self, item, cut):
+        if sampling.kept_by(item, cut, label_of=self._label_of):
+            yield item
+        else:
+            yield beam.pvalue.TaggedOutput(MARGIN, item)
+
+
+def _refillable(row: ErrorRow) -> bool:
+    return row.stage in REFILLABLE_STAGES
+
+
+def _error_key(row: ErrorRow) -> int:
+    return row.key
+
+
+def _total_change(_, delta: int) -> TotalChange:
+    return TotalChange(delta)
+
+
+def _cut_count(cut) -> int:
+    return cut.count
 
 
 def _tile_for(sampled: int, max_items: int, requested: int) -> int:
@@ -160,10 +189,11 @@ class ImagesToProjector(beam.PTransform):
                                    layers=["embedding"], columns=["label"])
 
     The graph: sample (seeded bottom-k, N + a failure margin) -> reshuffle ->
-    thumbnail (the check that each image decodes) -> keep the first N (and
-    at most ``max_per_label`` per label) -> decode for the model + embed ->
-    ``after_embed`` stages, if any -> one ordered write of tensor, metadata,
-    sprite, config and errors.tsv.
+    split at the first N (and at most ``max_per_label`` per label) -> decode
+    once + embed those; check that the margin decodes, and embed the margin
+    images that take the places of failed ones -> ``after_embed`` stages, if
+    any -> one ordered write of tensor, metadata, sprite, config and
+    errors.tsv.
 
     ``model``: a Keras ``.keras``/``.h5`` file or SavedModel directory (path
     or URI), cut at ``layers`` (Keras) or ``outputs`` (SavedModel); or a
@@ -274,33 +304,58 @@ class ImagesToProjector(beam.PTransform):
         tile = (sampled
                 | "SampleSize" >> beam.combiners.Count.Globally()
                 | "TileSize" >> beam.Map(_tile_for, self._max_items, self._tile_size))
-        checked, decode_errors = (sampled
-                                  | "Spread" >> beam.Reshuffle()
-                                  | "Thumbnail" >> ThumbnailImages(
-                                      tile, max_bytes=self._max_image_bytes))
-        checked = self._watch("decoded", checked)
-        if self._max_per_label:
-            checked = checked | "KeepFirstPerLabel" >> sampling.KeepFirstPerLabel(
-                self._max_per_label, label_index, item_of=_item_of)
-        first_n = sampling.KeepFirstN(self._max_items, item_of=_item_of)
-        selected = checked | "FirstN" >> first_n
-        embedded, embed_errors = selected | "Embed" >> EmbedImages(
-            self.model, model_size, self._batch_size or auto_batch_size(model_size),
-            self._resize,
+        # The plan: the first N (at most max_per_label a label) if every
+        # image decodes. Those are decoded once, fused with the model; the
+        # rest of the sample (the margin) is only checked, and a margin image
+        # is embedded when it decodes and falls within the cut recomputed
+        # without the images that failed (BENCHMARKS.md, "Memory and shuffle").
+        label_of = sampling.LabelOf(label_index) if self._max_per_label else None
+        spread = sampled | "Spread" >> beam.Reshuffle()
+        # Both cuts are computed from (label, key) pairs: the one after the
+        # failures are known reads them as a side input, not by reading the
+        # sample again in a step the embedding stage would have to wait for.
+        pairs = spread | "LabelAndKey" >> beam.Map(sampling.label_and_key, label_of)
+        plan = pairs | "PlanFirstN" >> beam.CombineGlobally(
+            sampling.FirstCutFn(self._max_items, self._max_per_label))
+        first, margin = spread | "SplitAtN" >> beam.ParDo(
+            _SplitAtCut(label_of), beam.pvalue.AsSingleton(plan)).with_outputs(MARGIN, main="first")
+        batch_size = self._batch_size or auto_batch_size(model_size)
+        embedded, first_errors = first | "Embed" >> EmbedImages(
+            self.model, model_size, tile, batch_size, self._resize,
             max_bytes=self._max_image_bytes)
-        # total: how many go to the model (the kept keys, known before the
-        # first model call; a Count of `selected` would hold the progress
-        # step back until every image is embedded).
+        margin_ok, margin_errors = margin | "CheckMargin" >> CheckDecodes(
+            tile, max_bytes=self._max_image_bytes)
+        failed_first = first_errors | "RefillableFailures" >> beam.Filter(_refillable)
+        failed_keys = ((failed_first, margin_errors)
+                       | "FailedDecodes" >> beam.Flatten()
+                       # any: sample keys are unsigned 64-bit, too large for VarIntCoder
+                       | "FailedKeys" >> beam.Map(_error_key).with_output_types(Any)
+                       | "AsSet" >> beam.combiners.ToSet())
+        final = failed_keys | "FinalFirstN" >> beam.Map(
+            sampling.cut_without, beam.pvalue.AsList(pairs), self._max_items,
+            self._max_per_label)
+        refills = margin_ok | "Refills" >> beam.Filter(
+            sampling.kept_by, beam.pvalue.AsSingleton(final), label_of=label_of)
+        refilled, refill_errors = refills | "EmbedRefills" >> EmbedImages(
+            self.model, model_size, tile, batch_size, self._resize,
+            max_bytes=self._max_image_bytes, again=True)
+        embedded = (embedded, refilled) | "AllEmbedded" >> beam.Flatten()
         if self._progress is not None:
-            embedded = self._watch("embedded", embedded,
-                                   total=first_n.kept_keys | "CountSelected" >> beam.Map(len))
+            # total: what the plan sends to the model (known before the first
+            # model call); a failure refilled from the margin moves it down,
+            # then up again as its refill is chosen.
+            changes = ((failed_first | "Unplanned" >> beam.Map(_total_change, -1),
+                        refills | "Replanned" >> beam.Map(_total_change, 1))
+                       | "PlanChanges" >> beam.Flatten())
+            embedded = self._watch("embedded", (embedded, changes) | "Watched" >> beam.Flatten(),
+                                   total=plan | "CountPlanned" >> beam.Map(_cut_count))
         for i, stage in enumerate(self._after_embed):
             embedded = _apply_stage(embedded, stage, f"AfterEmbed{i}")
         tables = [_apply_stage(embedded, stage, f"Columns{i}")
                   for i, stage in enumerate(self._column_stages)]
         stage_columns = [tuple(getattr(stage, "transform", stage).columns)
                          for stage in self._column_stages]
-        errors = ((*upstream, *self._errors, decode_errors, embed_errors)
+        errors = ((*upstream, *self._errors, first_errors, margin_errors, refill_errors)
                   | "AllErrors" >> beam.Flatten(pipeline=p))
         cfg = write.WriterConfig(
             output=self.output,

@@ -1,14 +1,14 @@
-"""Read and decode the sampled images: once for the thumbnail, once for the model.
+"""Read and decode the sampled images.
 
-The first pass (``ThumbnailImages``) runs before the sample is cut to N: it
-proves each image decodes (so failures can be refilled from the margin) and
-makes its sprite thumbnail, at thumbnail scale. The second
-(``DecodeForModelFn``) runs fused with the model call, so model-sized pixel
-arrays never sit in a materialised PCollection: memory stays flat in N and
-only small elements cross stage boundaries (BENCHMARKS.md, "Memory and
-shuffle", measures this against decoding once before the cut). Everything that
-can go wrong with one image becomes a dead-letter row, never an exception
-that kills the job.
+Each image the job uses is decoded once, by ``DecodeForModelFn``, fused with
+the model call: one decode gives the model input and the sprite thumbnail,
+and model-sized pixel arrays never sit in a materialised PCollection, so
+memory stays flat in N and only small elements cross stage boundaries. The
+sample's margin (the images beyond N, used only to refill failures) is
+checked by ``CheckDecodes``, at thumbnail scale; a refill is then decoded
+again for the model (BENCHMARKS.md, "Memory and shuffle", compares this with
+the designs it replaced). Everything that can go wrong with one image
+becomes a dead-letter row, never an exception that kills the job.
 """
 import collections
 import errno
@@ -28,7 +28,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image, ImageFile, ImageOps
 
 from transforms.items import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE,
-                              ErrorRow, ImageRef, Thumbnail, Thumbnailed)
+                              ErrorRow, ImageRef, Thumbnail)
 from transforms.projector import fit_within
 
 RESIZE_MODES = ("pad", "crop", "stretch")
@@ -250,27 +250,29 @@ def _load_rgb(data: bytes, need: int, long_side_only: bool = True) -> Image.Imag
     return rgb
 
 
-def make_thumbnail(data: bytes, tile: int) -> Thumbnail:
-    """Encoded bytes -> the sprite thumbnail (fits a ``tile`` square, aspect
-    kept). Raises ImageError: this is also the check that an image decodes,
-    made before the sample is cut to N, so failures can be refilled."""
-    rgb = _load_rgb(data, tile, long_side_only=True)
-    thumb = rgb.resize(fit_within(rgb.width, rgb.height, tile), Image.BILINEAR)
-    return Thumbnail.from_image(thumb)
-
-
-def model_input(data: bytes, model_size: Tuple[int, int], resize_mode: str = "pad") -> np.ndarray:
-    """Encoded bytes -> the model input, uint8 ``model_size`` x 3. Raises ImageError."""
-    rgb = _load_rgb(data, max(model_size), long_side_only=resize_mode == "pad")
-    return resize_for_model(rgb, model_size, resize_mode)
+def thumbnail_of(rgb: Image.Image, tile: int) -> Thumbnail:
+    """The sprite thumbnail of a decoded image: fits a ``tile`` square, aspect kept."""
+    return Thumbnail.from_image(rgb.resize(fit_within(rgb.width, rgb.height, tile), Image.BILINEAR))
 
 
 def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
                  resize_mode: str = "pad") -> Tuple[np.ndarray, Thumbnail]:
-    """(model input, thumbnail) of one image, exactly as the pipeline makes
-    them (in two separate stages, see ``ThumbnailImages`` and
-    ``DecodeForModelFn``). Raises ImageError."""
-    return model_input(data, model_size, resize_mode), make_thumbnail(data, tile)
+    """(model input, thumbnail) of one image from one decode, exactly as the
+    pipeline makes them (``DecodeForModelFn``). Raises ImageError.
+
+    JPEGs decode at the smallest DCT scale that covers both the model's
+    side and the tile, so the thumbnail costs a resize, not a second decode.
+    """
+    rgb = _load_rgb(data, max(max(model_size), tile), long_side_only=resize_mode == "pad")
+    return resize_for_model(rgb, model_size, resize_mode), thumbnail_of(rgb, tile)
+
+
+def check_decodes(data: bytes, tile: int) -> None:
+    """Raise ImageError unless ``data`` decodes. JPEGs decode at thumbnail
+    scale: the check for the margin, whose images are only used if others
+    fail (and are then decoded again, as every used image is, by
+    ``decode_image``)."""
+    _load_rgb(data, tile, long_side_only=True)
 
 
 # How a local path that is not a regular file is named in its errors.tsv row.
@@ -353,6 +355,14 @@ def read_bytes(ref: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _quiet_if_asked() -> None:
+    """In a local worker process of a quiet run (pipeline/quiet.py), install
+    its Pillow warning filter before this process decodes anything."""
+    if os.environ.get("BEAM_PROJECTOR_QUIET"):
+        from pipeline.quiet import quiet_pillow_warnings
+        quiet_pillow_warnings()
+
+
 def release_free_memory() -> None:
     """Give memory freed by earlier stages back to the OS (glibc only).
 
@@ -367,29 +377,29 @@ def release_free_memory() -> None:
         pass
 
 
-def _thumbnail_one(item: ImageRef, tile: int, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
-    """Thumbnailed or ErrorRow for one item; never raises."""
+def _check_one(item: ImageRef, tile: int, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+    """The ImageRef if it reads and decodes, else its ErrorRow; never raises."""
     stage = "read"
     try:
         data = item.content if item.content is not None else read_bytes(item.ref, max_bytes)
         stage = "decode"
-        thumb = make_thumbnail(data, tile)
+        check_decodes(data, tile)
     except Exception as e:  # noqa: BLE001 - any failure is this image's, not the job's
         return ErrorRow(item.ref, stage, _reason(e), item.key)
-    return Thumbnailed(item, thumb)
+    return item
 
 
 def _reason(e: Exception) -> str:
     return str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
 
 
-class ThumbnailImagesFn(beam.DoFn):
-    """A batch of ImageRefs -> Thumbnailed each, or ErrorRow on ``errors``.
+class CheckDecodesFn(beam.DoFn):
+    """A batch of ImageRefs -> each one that decodes, or its ErrorRow on ``errors``.
 
-    Pillow releases the GIL while it reads, decodes and resizes, so a small
-    thread pool decodes on every core even inside one SDK worker process
-    (the in-process runner has just one). Counters are bumped on the DoFn's
-    own thread: Beam's metrics context does not follow into pool threads.
+    Pillow releases the GIL while it reads and decodes, so a small thread
+    pool decodes on every core even inside one SDK worker process (the
+    in-process runner has just one). Counters are bumped on the DoFn's own
+    thread: Beam's metrics context does not follow into pool threads.
     """
 
     def __init__(self, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
@@ -400,8 +410,9 @@ class ThumbnailImagesFn(beam.DoFn):
         self._pool = None
 
     def setup(self):
+        _quiet_if_asked()
         self._pool = ThreadPoolExecutor(self._threads or os.cpu_count() or 1,
-                                        thread_name_prefix="thumbnail")
+                                        thread_name_prefix="check-decodes")
 
     def teardown(self):
         if self._pool is not None:
@@ -409,7 +420,7 @@ class ThumbnailImagesFn(beam.DoFn):
 
     def process(self, batch, tile):
         for result in self._pool.map(
-                lambda item: _thumbnail_one(item, tile, self._max_bytes), batch):
+                lambda item: _check_one(item, tile, self._max_bytes), batch):
             if isinstance(result, ErrorRow):
                 self._failed.inc()
                 yield beam.pvalue.TaggedOutput(ERRORS_TAG, result)
@@ -418,74 +429,88 @@ class ThumbnailImagesFn(beam.DoFn):
                 yield result
 
 
-class ThumbnailImages(beam.PTransform):
-    """ImageRefs -> (Thumbnailed, errors): the check that each image decodes,
-    and its sprite thumbnail.
-
-    This pass runs before the sample is cut to N, so what crosses that cut
-    (and every later stage boundary) is the reference, the metadata and a
-    thumbnail of at most ``tile`` px a side, never model-sized pixels: the
-    model's decode happens again, streamed, inside the inference stage
-    (``DecodeForModelFn``). JPEGs decode here at thumbnail scale (DCT
-    scaling), so this pass costs a fraction of the model's decode.
-    ``tile`` is an int or a PCollection holding one int.
+class CheckDecodes(beam.PTransform):
+    """ImageRefs -> (the ones that decode, errors): the check made on the
+    sample's margin, so a failure among the first N can be refilled from it.
+    JPEGs decode at thumbnail scale (DCT scaling), a fraction of the model's
+    decode. ``tile`` is an int or a PCollection holding one int.
     """
 
     def __init__(self, tile, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
         super().__init__()
         self._tile = tile
-        self._fn = ThumbnailImagesFn(threads, max_bytes)
+        self._fn = CheckDecodesFn(threads, max_bytes)
 
     def expand(self, items):
-        tile = (beam.pvalue.AsSingleton(self._tile)
-                if isinstance(self._tile, beam.pvalue.PCollection) else self._tile)
+        tile = _side(self._tile)
         out = (items
                | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=32)
-               | "Thumbnail" >> beam.ParDo(self._fn, tile).with_outputs(ERRORS_TAG, main="ok"))
+               | "Check" >> beam.ParDo(self._fn, tile).with_outputs(ERRORS_TAG, main="ok"))
         return out.ok, out[ERRORS_TAG]
 
 
-def _model_input_one(element: Thumbnailed, model_size, resize_mode,
-                     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
-    """(element, pixels) or (element, ErrorRow); never raises."""
-    item = element.item
+def _side(value):
+    """An int as is; a PCollection of one int as a singleton side input."""
+    return beam.pvalue.AsSingleton(value) if isinstance(value, beam.pvalue.PCollection) else value
+
+
+def _decode_one(item: ImageRef, model_size, tile: int, resize_mode, again: bool = False,
+                max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+    """(item, (thumbnail, pixels)) or (item, ErrorRow); never raises."""
+    stage = "read"
     try:
         data = item.content if item.content is not None else read_bytes(item.ref, max_bytes)
-        return element, model_input(data, model_size, resize_mode)
+        stage = "decode"
+        pixels, thumb = decode_image(data, model_size, tile, resize_mode)
+        return item, (thumb, pixels)
     except Exception as e:  # noqa: BLE001
-        # The image decoded moments ago in ThumbnailImages: the file changed
-        # or vanished since. It was chosen for the model already, so it is
-        # a failure of the embedding stage (counted, not refilled).
-        return element, ErrorRow(item.ref, "embed", "reading it again for the model failed: "
-                                 + _reason(e), item.key)
+        if again:
+            # The image decoded in CheckDecodes moments ago: the file changed
+            # or vanished since. It was chosen for the model already, so it
+            # is a failure of the embedding stage (counted, not refilled).
+            return item, ErrorRow(item.ref, "embed", "reading it again for the model failed: "
+                                  + _reason(e), item.key)
+        return item, ErrorRow(item.ref, stage, _reason(e), item.key)
 
 
 class DecodeForModelFn(beam.DoFn):
-    """Thumbnailed -> ((item, thumbnail), model input pixels), a block at a time.
+    """ImageRef -> ((item, thumbnail), model input pixels), a block at a time.
 
-    Elements are decoded ``block`` at a time on a thread pool (Pillow
-    releases the GIL, so every core decodes), then handed downstream, where
-    the fused RunInference step calls the model on this thread. Decoding and
-    the model take turns rather than overlap: on a machine the model already
-    fills, decode threads running beside TensorFlow's stall its parallel ops
+    One decode gives the model input and the sprite thumbnail. Elements are
+    decoded ``block`` at a time on a thread pool (Pillow releases the GIL,
+    so every core decodes), then handed downstream, where the fused
+    RunInference step calls the model on this thread. Decoding and the model
+    take turns rather than overlap: on a machine the model already fills,
+    decode threads running beside TensorFlow's stall its parallel ops
     (measured: about 30 % slower on MobileNetV2 with 2 cores). The pixels in
     flight are bounded by the block plus one batch, whatever N is; results
-    come out in input order.
+    come out in input order. A read or decode failure goes to ``errors``
+    with stage read/decode (the caller refills it from the margin); with
+    ``again`` (images already checked, refills) as an embed failure.
     """
 
     def __init__(self, model_size: Tuple[int, int], resize_mode: str = "pad",
-                 block: int = 32, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+                 block: int = 32, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                 again: bool = False):
         self._max_bytes = max_bytes
         self._model_size = tuple(model_size)
         self._resize_mode = resize_mode
         self._block = max(1, block)
         self._threads = threads
-        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_embed")
+        self._again = again
+        if again:
+            self._decoded = None
+            self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_embed")
+        else:
+            self._decoded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "decoded")
+            self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_decode")
         self._pool = None
         self._pending = None
+        self._tile = None
 
     def setup(self):
-        release_free_memory()   # what the thumbnail pass freed, before the model's peak
+        _quiet_if_asked()
+        release_free_memory()   # what earlier stages freed, before the model's peak
         self._pool = ThreadPoolExecutor(self._threads or os.cpu_count() or 1,
                                         thread_name_prefix="model-decode")
 
@@ -496,7 +521,9 @@ class DecodeForModelFn(beam.DoFn):
     def start_bundle(self):
         self._pending = collections.deque()
 
-    def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+    def process(self, element, tile, window=beam.DoFn.WindowParam,
+                timestamp=beam.DoFn.TimestampParam):
+        self._tile = tile
         self._pending.append((element, window, timestamp))
         if len(self._pending) >= self._block:
             yield from self._flush(windowed=False)
@@ -506,23 +533,26 @@ class DecodeForModelFn(beam.DoFn):
 
     def _flush(self, windowed):
         block, self._pending = list(self._pending), collections.deque()
-        futures = [self._pool.submit(_model_input_one, element, self._model_size,
-                                     self._resize_mode, self._max_bytes)
+        futures = [self._pool.submit(_decode_one, element, self._model_size, self._tile,
+                                     self._resize_mode, self._again, self._max_bytes)
                    for element, _, _ in block]
         # The whole block is decoded before the first image goes on: emitting
         # as each future lands would let the fused model call run while the
         # pool still decodes the rest of the block, and that overlap is what
         # stalls TensorFlow (a batch smaller than the block hit it every turn).
         done = [future.result() for future in futures]
-        for (element, result), (_, window, timestamp) in zip(done, block):
-            yield from self._emit(element, result, window, timestamp, windowed)
+        for (item, result), (_, window, timestamp) in zip(done, block):
+            yield from self._emit(item, result, window, timestamp, windowed)
 
-    def _emit(self, element, result, window, timestamp, windowed):
+    def _emit(self, item, result, window, timestamp, windowed):
         if isinstance(result, ErrorRow):
             self._failed.inc()
             value, tag = result, ERRORS_TAG
         else:
-            value, tag = ((element.item, element.thumbnail), result), None
+            if self._decoded is not None:
+                self._decoded.inc()
+            thumb, pixels = result
+            value, tag = ((item, thumb), pixels), None
         if windowed:  # finish_bundle has no current element: say where it goes
             value = WindowedValue(value, timestamp, [window])
         yield beam.pvalue.TaggedOutput(tag, value) if tag else value

@@ -418,26 +418,35 @@ def auto_batch_size(input_size) -> int:
 
 
 class EmbedImages(beam.PTransform):
-    """Thumbnailed -> Embedded (+ ``errors``), in one fused stage.
+    """ImageRefs -> Embedded (+ ``errors``), in one fused stage.
 
-    Decoding for the model (``DecodeForModelFn``, a batch at a time on a thread pool)
-    feeds RunInference directly, so a model-sized pixel array lives only from
-    its decode to its batch's model call: memory is bounded by the batch and
-    the read-ahead, not by N. The (item, thumbnail) pair rides through
-    RunInference as the key, so the writer needs no join.
+    Each image is decoded once (``DecodeForModelFn``, a block at a time on a
+    thread pool), giving its model input and its sprite thumbnail, and fed
+    straight to RunInference, so a model-sized pixel array lives only from
+    its decode to its batch's model call: memory is bounded by the batch
+    and the read-ahead, not by N. The (item, thumbnail) pair rides through
+    RunInference as the key, so the writer needs no join. ``tile`` is an int
+    or a PCollection holding one; ``again``: the images were decoded before
+    (refills checked by ``CheckDecodes``), so a failure now is the embedding
+    stage's, not a read or decode failure to refill.
     """
 
-    def __init__(self, spec: ModelSpec, model_size: Tuple[int, int], batch_size: int = 32,
-                 resize_mode: str = "pad", max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+    def __init__(self, spec: ModelSpec, model_size: Tuple[int, int], tile, batch_size: int = 32,
+                 resize_mode: str = "pad", max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                 again: bool = False):
         super().__init__()
         self._handler = KeyedModelHandler(EmbeddingModelHandler(spec, batch_size))
+        self._tile = tile
         self._decode = DecodeForModelFn(model_size, resize_mode,
-                                        block=max(batch_size, DECODE_BLOCK), max_bytes=max_bytes)
+                                        block=max(batch_size, DECODE_BLOCK), max_bytes=max_bytes,
+                                        again=again)
 
-    def expand(self, thumbnailed):
+    def expand(self, items):
         ok = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "embedded")
         bad = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_embed")
-        decoded = thumbnailed | "DecodeForModel" >> beam.ParDo(self._decode).with_outputs(
+        tile = (beam.pvalue.AsSingleton(self._tile)
+                if isinstance(self._tile, beam.pvalue.PCollection) else self._tile)
+        decoded = items | "DecodeForModel" >> beam.ParDo(self._decode, tile).with_outputs(
             ERRORS_TAG, main="pixels")
         out = (
             decoded.pixels

@@ -34,7 +34,7 @@ class Thumbnail(NamedTuple):
     """An RGB thumbnail that fits inside a square tile (aspect ratio kept),
     stored as PNG: lossless, and about a third smaller than raw RGB on
     photos (BENCHMARKS.md, "Memory and shuffle"), which is what every stage
-    after the thumbnail pass holds and shuffles per image. Encoded and
+    after the embedding stage holds and shuffles per image. Encoded and
     decoded with the sprite's own PNG code (``projector.encode_png``), which
     costs about half of Pillow's per thumbnail ("Throughput, third pass")."""
     width: int
@@ -99,14 +99,6 @@ class StagedThumbnail(NamedTuple):
         return self.sha256
 
 
-class Thumbnailed(NamedTuple):
-    """A sampled image that decoded, with its sprite thumbnail: all that
-    crosses the cut to N. The model input is decoded again after the cut,
-    inside the inference stage, so no model-sized pixels travel."""
-    item: ImageRef                # content kept: the model pass decodes it again
-    thumbnail: Thumbnail
-
-
 class Embedded(NamedTuple):
     """What the writer needs for one image: order, metadata, tile, vectors."""
     item: ImageRef
@@ -120,6 +112,12 @@ class ErrorRow(NamedTuple):
     stage: str
     reason: str
     key: int = 0
+
+
+class TotalChange(NamedTuple):
+    """Not an item: tells a progress step its total moved by ``delta`` (an
+    image the plan sent to the model failed, or a refill took its place)."""
+    delta: int
 
 
 def order_key(item: ImageRef):

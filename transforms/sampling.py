@@ -7,8 +7,11 @@ memory per worker, and is the same on every runner. Beam's
 ``Sample.FixedSizeGlobally`` draws from ``random`` and cannot be seeded.
 Keys also give a stable total order, which the writer uses for row order.
 """
+import collections
 import hashlib
+import heapq
 import math
+import sys
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
@@ -87,61 +90,138 @@ def sample_sizes(max_items: int, max_error_fraction: float,
     return SampleSizes(max_items + failure_margin(max_items, max_error_fraction), per_label)
 
 
-def _last_kept(keys):
-    return keys[-1] if keys else None
+class Cut(NamedTuple):
+    """Where a selection ends: keep an element when its order key is at most
+    ``last`` and, with a per-label quota, at most its label's ``label_last``.
+    ``count`` is how many elements the cut keeps."""
+    last: Optional[tuple]                 # None: nothing is kept
+    label_last: Optional[dict] = None     # label -> last key kept in it; None: no quota
+    count: int = 0
 
 
-def _within(element, last_key, item_of):
-    return last_key is not None and order_key(item_of(element)) <= last_key
+def first_cut(pairs, n: int, per_label: Optional[int] = None) -> Cut:
+    """The cut that keeps, of ``(label, order key)`` pairs, the first
+    ``per_label`` of each label (when given) and then the first ``n`` of
+    those. Pure: the combiner below and the tests use it."""
+    if per_label:
+        groups = collections.defaultdict(list)
+        for label, key in pairs:
+            groups[label].append(key)
+        kept = {label: heapq.nsmallest(per_label, keys) for label, keys in groups.items()}
+        label_last = {label: keys[-1] for label, keys in kept.items()}
+        candidates = [k for keys in kept.values() for k in keys]
+    else:
+        label_last, candidates = None, [key for _, key in pairs]
+    first = heapq.nsmallest(n, candidates)
+    return Cut(first[-1] if first else None, label_last, len(first))
 
 
-def _within_group(element, last_keys, item_of, group_of):
-    return order_key(item_of(element)) <= last_keys[group_of(item_of(element))]
+def within_cut(key, label, cut: Cut) -> bool:
+    """Whether the element with order key ``key`` and ``label`` is kept by ``cut``."""
+    if cut.last is None or key > cut.last:
+        return False
+    return cut.label_last is None or key <= cut.label_last.get(label, key)
+
+
+class FirstCutFn(beam.CombineFn):
+    """``(label, order key)`` pairs -> ``first_cut`` of them.
+
+    The accumulator keeps only what can still be kept: the ``per_label``
+    smallest keys of each label, or the ``n`` smallest overall (O(n) keys a
+    worker, as ``Top`` would), so partial results merge on any runner.
+    """
+
+    def __init__(self, n: int, per_label: Optional[int] = None):
+        self._n, self._per_label = n, per_label
+
+    def _bound(self, acc):
+        if self._per_label:
+            return {label: heapq.nsmallest(self._per_label, keys) for label, keys in acc.items()}
+        return {None: heapq.nsmallest(self._n, acc.get(None, []))}
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, pair):
+        label, key = pair
+        keys = acc.setdefault(label if self._per_label else None, [])
+        keys.append(key)
+        if len(keys) > 2 * (self._per_label or self._n):
+            acc.update(self._bound({label if self._per_label else None: keys}))
+        return acc
+
+    def merge_accumulators(self, accs):
+        merged = {}
+        for acc in accs:
+            for label, keys in acc.items():
+                merged.setdefault(label, []).extend(keys)
+        return self._bound(merged)
+
+    def extract_output(self, acc):
+        pairs = [(label, key) for label, keys in acc.items() for key in keys]
+        return first_cut(pairs, self._n, self._per_label)
+
+
+class FindCut(beam.PTransform):
+    """Elements -> one ``Cut``: the first ``n`` (after at most ``per_label``
+    per label) in the sample's order. ``item_of`` maps an element to its
+    ImageRef, ``label_of`` an ImageRef to its label (needed with
+    ``per_label``)."""
+
+    def __init__(self, n: int, per_label: Optional[int] = None, item_of=lambda e: e,
+                 label_of=None):
+        super().__init__()
+        if per_label and label_of is None:
+            raise ValueError("a per-label quota needs label_of")
+        self._n, self._per_label = n, per_label
+        self._item_of, self._label_of = item_of, label_of
+
+    def expand(self, elements):
+        item_of, label_of = self._item_of, self._label_of
+        return (elements
+                | "LabelAndKey" >> beam.Map(lambda e: label_and_key(item_of(e), label_of))
+                | "Cut" >> beam.CombineGlobally(FirstCutFn(self._n, self._per_label)))
+
+
+def label_and_key(item: ImageRef, label_of=None):
+    """The ``(label, order key)`` pair a cut is computed from."""
+    return (label_of(item) if label_of else None), order_key(item)
+
+
+def cut_without(failed_keys, pairs, n: int, per_label: Optional[int] = None) -> Cut:
+    """``first_cut`` of ``pairs`` once the items whose sample key is in
+    ``failed_keys`` are left out: the cut a refill is chosen by."""
+    return first_cut([(label, key) for label, key in pairs if key[0] not in failed_keys],
+                     n, per_label)
+
+
+def kept_by(element, cut: Cut, item_of=lambda e: e, label_of=None) -> bool:
+    item = item_of(element)
+    return within_cut(order_key(item), label_of(item) if label_of else None, cut)
 
 
 class _KeepFirst(beam.PTransform):
-    """Keep the ``k`` elements with the smallest keys, overall or per group.
+    """Keep the elements a ``FindCut`` over them keeps (shared by
+    ``KeepFirstN`` and ``KeepFirstPerLabel``); ``cut`` is the singleton
+    PCollection of that Cut after expansion."""
 
-    The shared logic of ``KeepFirstN`` and ``KeepFirstPerLabel``: the k
-    smallest order keys (a ``Top`` combine: O(k) memory per worker), the
-    largest of them as a singleton/dict side input, and a filter by it.
-    ``item_of`` maps an element to its ImageRef; ``group_of`` an ImageRef to
-    its group (None: one group).
-    """
-
-    def __init__(self, k: int, item_of=lambda e: e, group_of=None):
+    def __init__(self, n: int, per_label: Optional[int] = None, item_of=lambda e: e,
+                 label_of=None):
         super().__init__()
-        self._k, self._item_of, self._group_of = k, item_of, group_of
-        self.kept_keys = None   # overall cut: the PCollection of the k kept keys
+        self._args = (n, per_label, item_of, label_of)
+        self.cut = None
 
     def expand(self, elements):
-        item_of, group_of = self._item_of, self._group_of
-        if group_of is None:
-            self.kept_keys = (elements
-                              | "OrderKeys" >> beam.Map(lambda e: order_key(item_of(e)))
-                              | "FirstNKeys" >> beam.combiners.Top.Of(self._k, reverse=True))
-            last = self.kept_keys | "LastKept" >> beam.Map(_last_kept)
-            return elements | "KeepFirstN" >> beam.Filter(
-                _within, beam.pvalue.AsSingleton(last), item_of)
-        cut = (elements
-               | "LabelKeys" >> beam.Map(
-                   lambda e: (group_of(item_of(e)), order_key(item_of(e))))
-               | "FirstKPerLabel" >> beam.combiners.Top.PerKey(self._k, reverse=True)
-               | "LastKeptPerLabel" >> beam.Map(lambda kv: (kv[0], _last_kept(kv[1]))))
-        return elements | "WithinLabelQuota" >> beam.Filter(
-            _within_group, beam.pvalue.AsDict(cut), item_of, group_of)
+        n, per_label, item_of, label_of = self._args
+        self.cut = elements | "FindCut" >> FindCut(n, per_label, item_of, label_of)
+        return elements | "KeepWithinCut" >> beam.Filter(
+            kept_by, beam.pvalue.AsSingleton(self.cut), item_of, label_of)
 
 
 class KeepFirstN(_KeepFirst):
     """Keep the ``n`` elements with the smallest keys (the sample's order).
 
-    The sample holds a margin beyond N so that failed images do not shrink
-    the output; this keeps exactly the first N that got this far, before
-    paying for inference. After expansion ``kept_keys`` is the PCollection
-    of the one list of kept keys (its length: how many pass, known before
-    the first of them does).
-
-        first = thumbnails | KeepFirstN(1000, item_of=lambda t: t.item)
+        first = refs | KeepFirstN(1000)
     """
 
     def __init__(self, n: int, item_of=lambda e: e):
@@ -151,18 +231,15 @@ class KeepFirstN(_KeepFirst):
 class KeepFirstPerLabel(_KeepFirst):
     """Keep, per label, the ``k`` elements with the smallest keys.
 
-    Applied after decoding, so a label whose sampled images partly failed
-    still gets its ``k`` from the margin sampled beyond it. ``item_of`` maps
-    an element to its ImageRef.
-
-        per_label = thumbnails | KeepFirstPerLabel(50, label_index=0, item_of=lambda t: t.item)
+        per_label = refs | KeepFirstPerLabel(50, label_index=0)
     """
 
     def __init__(self, k: int, label_index: int, item_of=lambda e: e):
-        super().__init__(k, item_of=item_of, group_of=_LabelOf(label_index))
+        super().__init__(sys.maxsize, per_label=k, item_of=item_of,
+                         label_of=LabelOf(label_index))
 
 
-class _LabelOf:
+class LabelOf:
     """Picklable ``item -> item.metadata[label_index]``."""
 
     def __init__(self, label_index: int):

@@ -199,9 +199,10 @@ def select_for_publish(embedded: Sequence[Embedded], errors: Sequence[ErrorRow],
 
     Failures past the last kept key were never needed, so they neither count
     nor appear; input-list errors always appear but never count. The cut is
-    the N-th item that decoded (embedded or failed in the model): KeepFirstN
-    chose those before inference, and model failures are not backfilled, so
-    decode failures beyond that cut were never needed either.
+    the N-th item that decoded (embedded or failed in the model): those are
+    the first N that decoded (read and decode failures were refilled from
+    the margin), and model failures are not backfilled, so decode failures
+    beyond that cut were never needed either.
     """
     kept = sorted(embedded, key=lambda e: order_key(e.item))[:max_items]
     decoded = sorted([e.item.key for e in embedded]
