@@ -17,7 +17,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 
@@ -182,6 +182,75 @@ def _apply_stage(pcoll, stage, label):
     return pcoll | (stage if hasattr(stage, "transform") else label >> stage)
 
 
+class EmbedResult(NamedTuple):
+    embedded: beam.PCollection      # Embedded, the first N that decode
+    errors: beam.PCollection        # ErrorRow: read/decode (first N and margin), embed
+    planned: beam.PCollection       # one int: how many the plan sends to the model
+    plan_changes: beam.PCollection  # TotalChange: -1 per failure there, +1 per refill
+
+
+class EmbedFirstN(beam.PTransform):
+    """The sample (N + a margin, keyed) -> the first N that decode, embedded.
+
+    The cut is planned before any decode: the first N in key order (at most
+    ``max_per_label`` a label) as if every image decodes. Those are decoded
+    once, fused with the model (``EmbedImages``). The margin is only
+    checked (``CheckDecodes``, at thumbnail scale); the cut is recomputed
+    without the images that failed, and the margin images that fall within
+    it take their places, decoded again for the model. That keeps exactly
+    the images a check of every image before the cut would keep, with one
+    decode for every image but the refills (BENCHMARKS.md, "Memory and
+    shuffle").
+    """
+
+    def __init__(self, spec: ModelSpec, model_size, tile, max_items: int,
+                 max_per_label: Optional[int] = None, label_index: Optional[int] = None,
+                 batch_size: int = 8, resize: str = "pad",
+                 max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+        super().__init__()
+        self._spec, self._model_size, self._tile = spec, model_size, tile
+        self._n, self._per_label = max_items, max_per_label
+        self._label_of = sampling.LabelOf(label_index) if max_per_label else None
+        self._batch_size, self._resize, self._max_bytes = batch_size, resize, max_bytes
+
+    def _embed(self, again=False):
+        return EmbedImages(self._spec, self._model_size, self._tile, self._batch_size,
+                           self._resize, max_bytes=self._max_bytes, again=again)
+
+    def expand(self, sampled):
+        label_of, n, per_label = self._label_of, self._n, self._per_label
+        spread = sampled | "Spread" >> beam.Reshuffle()
+        # Both cuts are computed from (label, key) pairs: the one made once
+        # the failures are known reads them as a side input, rather than
+        # reading the sample again in a step the embedding stage would wait on.
+        pairs = spread | "LabelAndKey" >> beam.Map(sampling.label_and_key, label_of)
+        plan = pairs | "PlanFirstN" >> beam.CombineGlobally(sampling.FirstCutFn(n, per_label))
+        first, margin = spread | "SplitAtN" >> beam.ParDo(
+            _SplitAtCut(label_of), beam.pvalue.AsSingleton(plan)).with_outputs(MARGIN, main="first")
+        embedded, first_errors = first | "Embed" >> self._embed()
+        margin_ok, margin_errors = margin | "CheckMargin" >> CheckDecodes(
+            self._tile, max_bytes=self._max_bytes)
+        failed_first = first_errors | "RefillableFailures" >> beam.Filter(_refillable)
+        failed_keys = ((failed_first, margin_errors)
+                       | "FailedDecodes" >> beam.Flatten()
+                       # Any: sample keys are unsigned 64-bit, too large for VarIntCoder
+                       | "FailedKeys" >> beam.Map(_error_key).with_output_types(Any)
+                       | "AsSet" >> beam.combiners.ToSet())
+        final = failed_keys | "FinalFirstN" >> beam.Map(
+            sampling.cut_without, beam.pvalue.AsList(pairs), n, per_label)
+        refills = margin_ok | "Refills" >> beam.Filter(
+            sampling.kept_by, beam.pvalue.AsSingleton(final), label_of=label_of)
+        refilled, refill_errors = refills | "EmbedRefills" >> self._embed(again=True)
+        changes = ((failed_first | "Unplanned" >> beam.Map(_total_change, -1),
+                    refills | "Replanned" >> beam.Map(_total_change, 1))
+                   | "PlanChanges" >> beam.Flatten())
+        return EmbedResult(
+            embedded=(embedded, refilled) | "AllEmbedded" >> beam.Flatten(),
+            errors=(first_errors, margin_errors, refill_errors) | "Errors" >> beam.Flatten(),
+            planned=plan | "CountPlanned" >> beam.Map(_cut_count),
+            plan_changes=changes)
+
+
 class ImagesToProjector(beam.PTransform):
     """Images + a model -> a TensorBoard Embedding Projector logdir at ``output``.
 
@@ -304,58 +373,22 @@ class ImagesToProjector(beam.PTransform):
         tile = (sampled
                 | "SampleSize" >> beam.combiners.Count.Globally()
                 | "TileSize" >> beam.Map(_tile_for, self._max_items, self._tile_size))
-        # The plan: the first N (at most max_per_label a label) if every
-        # image decodes. Those are decoded once, fused with the model; the
-        # rest of the sample (the margin) is only checked, and a margin image
-        # is embedded when it decodes and falls within the cut recomputed
-        # without the images that failed (BENCHMARKS.md, "Memory and shuffle").
-        label_of = sampling.LabelOf(label_index) if self._max_per_label else None
-        spread = sampled | "Spread" >> beam.Reshuffle()
-        # Both cuts are computed from (label, key) pairs: the one after the
-        # failures are known reads them as a side input, not by reading the
-        # sample again in a step the embedding stage would have to wait for.
-        pairs = spread | "LabelAndKey" >> beam.Map(sampling.label_and_key, label_of)
-        plan = pairs | "PlanFirstN" >> beam.CombineGlobally(
-            sampling.FirstCutFn(self._max_items, self._max_per_label))
-        first, margin = spread | "SplitAtN" >> beam.ParDo(
-            _SplitAtCut(label_of), beam.pvalue.AsSingleton(plan)).with_outputs(MARGIN, main="first")
         batch_size = self._batch_size or auto_batch_size(model_size)
-        embedded, first_errors = first | "Embed" >> EmbedImages(
-            self.model, model_size, tile, batch_size, self._resize,
-            max_bytes=self._max_image_bytes)
-        margin_ok, margin_errors = margin | "CheckMargin" >> CheckDecodes(
-            tile, max_bytes=self._max_image_bytes)
-        failed_first = first_errors | "RefillableFailures" >> beam.Filter(_refillable)
-        failed_keys = ((failed_first, margin_errors)
-                       | "FailedDecodes" >> beam.Flatten()
-                       # any: sample keys are unsigned 64-bit, too large for VarIntCoder
-                       | "FailedKeys" >> beam.Map(_error_key).with_output_types(Any)
-                       | "AsSet" >> beam.combiners.ToSet())
-        final = failed_keys | "FinalFirstN" >> beam.Map(
-            sampling.cut_without, beam.pvalue.AsList(pairs), self._max_items,
-            self._max_per_label)
-        refills = margin_ok | "Refills" >> beam.Filter(
-            sampling.kept_by, beam.pvalue.AsSingleton(final), label_of=label_of)
-        refilled, refill_errors = refills | "EmbedRefills" >> EmbedImages(
-            self.model, model_size, tile, batch_size, self._resize,
-            max_bytes=self._max_image_bytes, again=True)
-        embedded = (embedded, refilled) | "AllEmbedded" >> beam.Flatten()
+        kept = sampled | "EmbedFirstN" >> EmbedFirstN(
+            self.model, model_size, tile, self._max_items, self._max_per_label, label_index,
+            batch_size, self._resize, self._max_image_bytes)
+        embedded = kept.embedded
         if self._progress is not None:
-            # total: what the plan sends to the model (known before the first
-            # model call); a failure refilled from the margin moves it down,
-            # then up again as its refill is chosen.
-            changes = ((failed_first | "Unplanned" >> beam.Map(_total_change, -1),
-                        refills | "Replanned" >> beam.Map(_total_change, 1))
-                       | "PlanChanges" >> beam.Flatten())
-            embedded = self._watch("embedded", (embedded, changes) | "Watched" >> beam.Flatten(),
-                                   total=plan | "CountPlanned" >> beam.Map(_cut_count))
+            embedded = self._watch("embedded",
+                                   (embedded, kept.plan_changes) | "Watched" >> beam.Flatten(),
+                                   total=kept.planned)
         for i, stage in enumerate(self._after_embed):
             embedded = _apply_stage(embedded, stage, f"AfterEmbed{i}")
         tables = [_apply_stage(embedded, stage, f"Columns{i}")
                   for i, stage in enumerate(self._column_stages)]
         stage_columns = [tuple(getattr(stage, "transform", stage).columns)
                          for stage in self._column_stages]
-        errors = ((*upstream, *self._errors, first_errors, margin_errors, refill_errors)
+        errors = ((*upstream, *self._errors, kept.errors)
                   | "AllErrors" >> beam.Flatten(pipeline=p))
         cfg = write.WriterConfig(
             output=self.output,
