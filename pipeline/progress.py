@@ -122,11 +122,14 @@ class _ProgressFn(beam.DoFn):
     terminal) it rewrites one line instead."""
 
     def __init__(self, stage: str, every_s: float = 30.0, first: int = 1000,
-                 whole_job: bool = True, live: bool = False, min_gap_s: float = 5.0):
+                 whole_job: bool = True, live: bool = False, min_gap_s: float = 5.0,
+                 key: str = ""):
         self._stage, self._every_s, self._first = stage, every_s, first
         self._min_gap_s = min_gap_s
         self._whole_job, self._live = whole_job, live
-        self._key = f"{stage}-{uuid.uuid4().hex}"   # shared by this DoFn's pickled copies
+        # shared by this DoFn's pickled copies, and by every application of
+        # the LogProgress that made it
+        self._key = key or f"{stage}-{uuid.uuid4().hex}"
 
     def setup(self):
         self._line = _LiveLine(sys.stderr) if self._live else None
@@ -188,6 +191,10 @@ def _runs_in_this_process(options) -> bool:
 class LogProgress(beam.PTransform):
     """Pass every element through unchanged, reporting the stage's progress.
 
+    Applied to several PCollections (each under its own label), it counts
+    them as one stage. A ``TotalChange`` element moves the total instead of
+    being counted or passed on.
+
     ``total``: an optional PCollection of one int (the number of elements
     the stage will see), read as a side input: lines then say done / total,
     rate and time left. On a local in-process run with stderr on a terminal
@@ -199,12 +206,13 @@ class LogProgress(beam.PTransform):
         super().__init__()
         self._stage, self._every_s, self._total = stage, every_s, total
         self._min_gap_s = min_gap_s
+        self._key = f"{stage}-{uuid.uuid4().hex}"
 
     def expand(self, pcoll):
         whole_job = _runs_in_this_process(pcoll.pipeline.options)
         live = whole_job and _stderr_is_terminal()
         fn = _ProgressFn(self._stage, self._every_s, whole_job=whole_job, live=live,
-                         min_gap_s=self._min_gap_s)
+                         min_gap_s=self._min_gap_s, key=self._key)
         if self._total is None:
             return pcoll | beam.ParDo(fn)
         return pcoll | beam.ParDo(fn, total=beam.pvalue.AsSingleton(self._total))

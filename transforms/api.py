@@ -186,7 +186,6 @@ class EmbedResult(NamedTuple):
     embedded: beam.PCollection      # Embedded, the first N that decode
     errors: beam.PCollection        # ErrorRow: read/decode (first N and margin), embed
     planned: beam.PCollection       # one int: how many the plan sends to the model
-    plan_changes: beam.PCollection  # TotalChange: -1 per failure there, +1 per refill
 
 
 class EmbedFirstN(beam.PTransform):
@@ -206,12 +205,14 @@ class EmbedFirstN(beam.PTransform):
     def __init__(self, spec: ModelSpec, model_size, tile, max_items: int,
                  max_per_label: Optional[int] = None, label_index: Optional[int] = None,
                  batch_size: int = 8, resize: str = "pad",
-                 max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+                 max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, stage_to: Optional[str] = None,
+                 progress: Optional[Callable[[beam.PCollection], beam.PTransform]] = None):
         super().__init__()
         self._spec, self._model_size, self._tile = spec, model_size, tile
         self._n, self._per_label = max_items, max_per_label
         self._label_of = sampling.LabelOf(label_index) if max_per_label else None
         self._batch_size, self._resize, self._max_bytes = batch_size, resize, max_bytes
+        self._stage_to, self._progress = stage_to, progress
 
     def _embed(self, again=False):
         return EmbedImages(self._spec, self._model_size, self._tile, self._batch_size,
@@ -241,14 +242,27 @@ class EmbedFirstN(beam.PTransform):
         refills = margin_ok | "Refills" >> beam.Filter(
             sampling.kept_by, beam.pvalue.AsSingleton(final), label_of=label_of)
         refilled, refill_errors = refills | "EmbedRefills" >> self._embed(again=True)
-        changes = ((failed_first | "Unplanned" >> beam.Map(_total_change, -1),
-                    refills | "Replanned" >> beam.Map(_total_change, 1))
-                   | "PlanChanges" >> beam.Flatten())
+        planned = plan | "CountPlanned" >> beam.Map(_cut_count)
+        if self._progress is not None:
+            # One count over both branches (a LogProgress shares its count
+            # between its applications); a failure refilled from the margin
+            # moves the total down, then up again as its refill is chosen.
+            watch = self._progress(planned)
+            embedded = embedded | "WatchFirst" >> watch
+            refilled = refilled | "WatchRefills" >> watch
+            (failed_first | "Unplanned" >> beam.Map(_total_change, -1)
+             | "WatchUnplanned" >> watch)
+            (refills | "Replanned" >> beam.Map(_total_change, 1) | "WatchReplanned" >> watch)
+        if self._stage_to:
+            # The local runner executes a Flatten by holding all its inputs:
+            # staged, each element is its vector and a thumbnail's offset
+            # (5.6 kB at 1280-d) instead of the thumbnail too (17.8 kB).
+            embedded = embedded | "StageFirst" >> StageThumbnails(self._stage_to)
+            refilled = refilled | "StageRefills" >> StageThumbnails(self._stage_to)
         return EmbedResult(
             embedded=(embedded, refilled) | "AllEmbedded" >> beam.Flatten(),
             errors=(first_errors, margin_errors, refill_errors) | "Errors" >> beam.Flatten(),
-            planned=plan | "CountPlanned" >> beam.Map(_cut_count),
-            plan_changes=changes)
+            planned=planned)
 
 
 class ImagesToProjector(beam.PTransform):
@@ -374,14 +388,17 @@ class ImagesToProjector(beam.PTransform):
                 | "SampleSize" >> beam.combiners.Count.Globally()
                 | "TileSize" >> beam.Map(_tile_for, self._max_items, self._tile_size))
         batch_size = self._batch_size or auto_batch_size(model_size)
+        # Thumbnails go to staging files as they are made (the writer draws
+        # the sprite from them); later stages read them back on use.
+        folder = staging_dir(self.output, self.run_id)
+        hold_staging(folder)   # this launcher holds it while the process lives
+        progress = (None if self._progress is None else
+                    lambda total: self._progress("embedded", total=total))
         kept = sampled | "EmbedFirstN" >> EmbedFirstN(
             self.model, model_size, tile, self._max_items, self._max_per_label, label_index,
-            batch_size, self._resize, self._max_image_bytes)
+            batch_size, self._resize, self._max_image_bytes, stage_to=folder,
+            progress=progress)
         embedded = kept.embedded
-        if self._progress is not None:
-            embedded = self._watch("embedded",
-                                   (embedded, kept.plan_changes) | "Watched" >> beam.Flatten(),
-                                   total=kept.planned)
         for i, stage in enumerate(self._after_embed):
             embedded = _apply_stage(embedded, stage, f"AfterEmbed{i}")
         tables = [_apply_stage(embedded, stage, f"Columns{i}")
@@ -397,9 +414,7 @@ class ImagesToProjector(beam.PTransform):
             max_error_fraction=self._max_error_fraction, tensor_format=self._tensor_format,
             preview=self._preview, standalone=self._standalone, run_id=self.run_id,
             label_column=self._suspects_label_column, options_json=self._options_json)
-        # thumbnails go to staging files here, after the column stages read them
-        folder = staging_dir(self.output, self.run_id)
-        hold_staging(folder)   # this launcher holds it while the process lives
+        # after_embed stages may have made new thumbnails: staged here too
         staged = embedded | "StageThumbnails" >> StageThumbnails(folder)
         summary = ((staged, errors, *tables)
                    | "WriteLogdir" >> write.WriteProjectorLogdir(

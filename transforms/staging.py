@@ -3,10 +3,11 @@
 The writer is one stage that holds everything it is given, and a runner
 holds a group's elements at least twice on the way in (encoded, then
 decoded): at 100 px tiles the PNG thumbnails are two thirds of what reaches
-it. So after the model, each bundle appends its items' thumbnails to one
-staging file under the output folder and sends on a ``StagedThumbnail``
-(file, offset, length, sha256); the writer reads a tile row's thumbnails
-when it draws that row. The staging folder is the run's own
+it. So right after the model, each bundle appends its items' thumbnails to
+one staging file under the output folder and sends on a ``StagedThumbnail``
+(file, offset, length, sha256); later stages (the neighbour columns' picture
+signatures) read a thumbnail back on use, and the writer reads a tile row's
+thumbnails when it draws that row. The staging folder is the run's own
 (``.beam-projector-staging-<run id>``) and is deleted once the writer has
 published (or the CLI's run has failed). On a local filesystem the launcher
 holds a shared ``flock`` for the run on a file in the system's temp folder
@@ -27,6 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from typing import Dict, List, Sequence
@@ -60,14 +62,28 @@ def staging_dir(output: str, run_id: str) -> str:
     return FileSystems.join(output, STAGING_PREFIX + run_id)
 
 
+# A remote staging file is read a window at a time: stages after the model
+# read thumbnails one by one, mostly in the order a bundle wrote them, so a
+# thread's next read is usually inside the window it fetched last (one
+# request per REMOTE_WINDOW bytes, not one per thumbnail).
+REMOTE_WINDOW = 4 * 1024 * 1024
+_WINDOW = threading.local()
+
+
 def read_range(path: str, offset: int, length: int) -> bytes:
     if is_local(path):
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read(length)
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        f.seek(offset)
-        return f.read(length)
+    window = getattr(_WINDOW, "last", None)
+    if not (window and window[0] == path and window[1] <= offset
+            and offset + length <= window[1] + len(window[2])):
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            f.seek(offset)
+            window = (path, offset, f.read(max(length, REMOTE_WINDOW)))
+        _WINDOW.last = window
+    start = offset - window[1]
+    return window[2][start:start + length]
 
 
 class _StageThumbnailsFn(beam.DoFn):
