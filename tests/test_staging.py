@@ -90,3 +90,30 @@ def test_sweep_takes_only_the_folders_of_dead_runs(tmp_path):
         delete_staging(mine)
     assert sweep_dead_staging(str(tmp_path)) == [STAGING_PREFIX + "live"]
     assert os.listdir(tmp_path) == [STAGING_PREFIX + "other-host-new"]
+
+
+def test_remote_thumbnails_are_read_a_window_at_a_time(tmp_path, monkeypatch):
+    """Stages after the model read staged thumbnails one by one; from a
+    remote filesystem that must not be one request per thumbnail."""
+    import schemefs
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms import staging
+
+    monkeypatch.setenv("SCHEMEFS_ROOT", str(tmp_path))
+    data = np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    (tmp_path / "stage.thumbs").write_bytes(data)
+    path = schemefs.SCHEME + "://stage.thumbs"
+    opened = []
+    real_open = FileSystems.open
+    monkeypatch.setattr(FileSystems, "open",
+                        lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    # schemefs subclasses the local filesystem; here it stands for a remote one
+    monkeypatch.setattr(staging, "is_local", lambda p: not p.startswith(schemefs.SCHEME))
+    monkeypatch.setattr(staging, "REMOTE_WINDOW", 1000)
+    monkeypatch.setattr(staging._WINDOW, "last", None, raising=False)
+    ranges = [(o, 100) for o in range(0, 3000, 100)] + [(50, 10), (2950, 50)]
+    for offset, length in ranges:
+        assert staging.read_range(path, offset, length) == data[offset:offset + length]
+    # in order: one read per 1,000-byte window; then two reads behind the window
+    assert len(opened) == 3 + 2, opened
