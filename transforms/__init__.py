@@ -11,7 +11,8 @@ logdir from a PCollection you already have.
 
 Each module holds one concept: ``api`` (the public transforms below),
 ``sources`` (image references), ``sampling`` (the seeded bottom-k sample and
-the first-N cuts), ``decode`` (thumbnails and the model's decode),
+the first-N cuts), ``decode`` (the one decode that gives the model input
+and the thumbnail, and the margin's check),
 ``inference`` (the embedding ``ModelHandler``), ``checks`` (what is checked
 once, before any work), ``projector`` (pure layout and file-format rules of
 TensorBoard's projector) and ``write`` (the single ordered stage that
