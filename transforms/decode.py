@@ -442,15 +442,15 @@ class CheckDecodes(beam.PTransform):
         self._fn = CheckDecodesFn(threads, max_bytes)
 
     def expand(self, items):
-        tile = _side(self._tile)
+        tile = as_side_input(self._tile)
         out = (items
                | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=32)
                | "Check" >> beam.ParDo(self._fn, tile).with_outputs(ERRORS_TAG, main="ok"))
         return out.ok, out[ERRORS_TAG]
 
 
-def _side(value):
-    """An int as is; a PCollection of one int as a singleton side input."""
+def as_side_input(value):
+    """A value as is; a PCollection of one value as a singleton side input."""
     return beam.pvalue.AsSingleton(value) if isinstance(value, beam.pvalue.PCollection) else value
 
 

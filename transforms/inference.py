@@ -18,7 +18,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from transforms.decode import DecodeForModelFn
+from transforms.decode import DecodeForModelFn, as_side_input
 from transforms.items import DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE, Embedded, ErrorRow
 
 PIXEL_SCALES = ("raw", "unit", "symmetric")
@@ -444,9 +444,8 @@ class EmbedImages(beam.PTransform):
     def expand(self, items):
         ok = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "embedded")
         bad = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_embed")
-        tile = (beam.pvalue.AsSingleton(self._tile)
-                if isinstance(self._tile, beam.pvalue.PCollection) else self._tile)
-        decoded = items | "DecodeForModel" >> beam.ParDo(self._decode, tile).with_outputs(
+        decoded = items | "DecodeForModel" >> beam.ParDo(
+            self._decode, as_side_input(self._tile)).with_outputs(
             ERRORS_TAG, main="pixels")
         out = (
             decoded.pixels

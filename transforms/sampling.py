@@ -134,20 +134,18 @@ class FirstCutFn(beam.CombineFn):
     def __init__(self, n: int, per_label: Optional[int] = None):
         self._n, self._per_label = n, per_label
 
-    def _bound(self, acc):
-        if self._per_label:
-            return {label: heapq.nsmallest(self._per_label, keys) for label, keys in acc.items()}
-        return {None: heapq.nsmallest(self._n, acc.get(None, []))}
+    def _limit(self) -> int:
+        return self._per_label or self._n
 
     def create_accumulator(self):
-        return {}
+        return {}   # label (None without a quota) -> keys that may still be kept
 
     def add_input(self, acc, pair):
         label, key = pair
         keys = acc.setdefault(label if self._per_label else None, [])
         keys.append(key)
-        if len(keys) > 2 * (self._per_label or self._n):
-            acc.update(self._bound({label if self._per_label else None: keys}))
+        if len(keys) > 2 * self._limit():
+            keys[:] = heapq.nsmallest(self._limit(), keys)
         return acc
 
     def merge_accumulators(self, accs):
@@ -155,7 +153,7 @@ class FirstCutFn(beam.CombineFn):
         for acc in accs:
             for label, keys in acc.items():
                 merged.setdefault(label, []).extend(keys)
-        return self._bound(merged)
+        return {label: heapq.nsmallest(self._limit(), keys) for label, keys in merged.items()}
 
     def extract_output(self, acc):
         pairs = [(label, key) for label, keys in acc.items() for key in keys]
