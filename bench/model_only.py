@@ -9,7 +9,7 @@ signature -> numpy. Nothing in a pipeline can embed faster than this on the
 same machine and thread settings.
 
     python bench/model_only.py --csv images.csv --model M.keras --layer L \
-        [--count 1500] [--batch 64] [--tile 100] [--resize pad]
+        [--count 1500] [--batch 64] [--tile 100] [--resize pad] [--freeze]
 
 Prints one JSON line: images, seconds, images_per_s, decode_s, load_s.
 """
@@ -35,6 +35,8 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--tile", type=int, default=100)
     ap.add_argument("--resize", default="pad")
+    ap.add_argument("--freeze", action="store_true",
+                    help="the model frozen as the pipeline runs it (transforms.inference.freeze)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -51,6 +53,13 @@ def main():
     @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.float32)])
     def embed(x):
         return sub(x, training=False)
+
+    if args.freeze:
+        from transforms.inference import freeze
+        frozen = freeze(embed.get_concrete_function(), shape, tf.float32, args.model)
+        if frozen is None:
+            raise SystemExit(f"{args.model} cannot be frozen")
+        embed = lambda x: frozen(x)[0]  # noqa: E731
 
     load_s = time.perf_counter() - t0
 
@@ -72,7 +81,7 @@ def main():
     seconds = time.perf_counter() - t0
     print(json.dumps({"images": len(pixels), "seconds": round(seconds, 3),
                       "images_per_s": round(len(pixels) / seconds, 2), "dims": dims,
-                      "batch": args.batch, "decode_s": round(decode_s, 3),
+                      "batch": args.batch, "frozen": args.freeze, "decode_s": round(decode_s, 3),
                       "decode_images_per_s": round(len(pixels) / decode_s, 1),
                       "load_s": round(load_s, 3)}))
 

@@ -90,7 +90,7 @@ class ProjectorOptions(PipelineOptions):
         g.add_argument("--batch_size", type=int, default=0,
                        help="images per model call; TensorFlow keeps the activations of "
                        "one call for the whole run (about 17 MB an image for a 224 px "
-                       "MobileNetV2). 0: sized from the model's input, 8 at 224 px, up "
+                       "MobileNetV2). 0: sized from the model's input, 6 at 224 px, up "
                        "to 32 for small inputs (BENCHMARKS.md)")
         g.add_argument("--pool", default=None, choices=POOLS,
                        help="reduce an embedding layer whose output is a feature map "

@@ -331,3 +331,81 @@ def test_pool_option_reaches_the_projector(model_path, digits, tmp_path):
     conv = keras.Model(keras_model.inputs, keras_model.get_layer("conv").output)
     maps = conv.predict(pixels_of(meta, csv_path, 6).astype("float32"), verbose=0)
     np.testing.assert_allclose(tensors["conv"], maps.max(axis=(1, 2)), rtol=1e-4, atol=1e-5)
+
+
+def bn_model(path, side=SIDE):
+    """A Keras CNN with batch normalisation (non-trivial statistics), the
+    kind freezing speeds up."""
+    import keras
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((side, side, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv")(inp)
+    bn = keras.layers.BatchNormalization(name="bn")
+    x = keras.layers.ReLU(6.0)(bn(x))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inp, keras.layers.Dense(4, name="embedding")(x))
+    rng = np.random.default_rng(1)
+    gamma, beta, mean, var = bn.get_weights()
+    bn.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(size=beta.shape),
+                    rng.normal(50, 10, mean.shape), rng.uniform(100, 900, var.shape)])
+    model.save(path)
+    return model
+
+
+def test_a_keras_model_runs_frozen_and_gives_its_own_vectors(tmp_path):
+    path = str(tmp_path / "bn.keras")
+    keras_model = bn_model(path)
+    model = load_embedding_model(ModelSpec(uri=path, layers=("pool", "embedding")))
+    assert model.frozen
+    x = np.random.default_rng(2).integers(0, 256, (6, SIDE, SIDE, 3), dtype=np.uint8)
+    got = model.embed(x)
+    import keras
+    want = keras.Model(keras_model.inputs, [keras_model.get_layer("pool").output,
+                                            keras_model.get_layer("embedding").output]
+                       ).predict(x.astype("float32"), verbose=0)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_a_savedmodel_runs_frozen_and_keeps_its_output_names(saved_model):
+    model = load_embedding_model(ModelSpec(uri=saved_model, outputs=("logits", "embedding")))
+    assert model.frozen
+    x = np.random.default_rng(3).integers(0, 256, (5, SIDE, SIDE, 3), dtype=np.uint8)
+    logits, embedding = model.embed(x)
+    want = expected_serve(x)
+    np.testing.assert_allclose(logits, want["logits"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embedding, want["embedding"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fault", ["cannot_freeze", "wrong_outputs"])
+def test_a_model_that_does_not_freeze_right_runs_as_loaded(tmp_path, monkeypatch, fault):
+    """Freezing is only a speed-up: when TensorFlow cannot freeze a model, or
+    the frozen function's probe output differs, the model runs unfrozen."""
+    from tensorflow.python.framework import convert_to_constants
+    real = convert_to_constants.convert_variables_to_constants_v2
+
+    def faulty(concrete):
+        if fault == "cannot_freeze":
+            raise ValueError("a resource that is not a variable")
+        frozen = real(concrete)
+        return lambda x: [t * 1.01 for t in frozen(x)]
+
+    monkeypatch.setattr(convert_to_constants, "convert_variables_to_constants_v2", faulty)
+    path = str(tmp_path / "bn.keras")
+    keras_model = bn_model(path)
+    model = load_embedding_model(ModelSpec(uri=path))
+    assert not model.frozen
+    x = np.random.default_rng(4).integers(0, 256, (3, SIDE, SIDE, 3), dtype=np.uint8)
+    np.testing.assert_allclose(model.embed(x)[0], keras_model.predict(x.astype("float32"), verbose=0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_with_large_weights_runs_unfrozen(tmp_path, monkeypatch):
+    """A frozen graph holds its weights several times over, so only small
+    models are frozen (here the limit is lowered under the tiny model's)."""
+    from transforms import inference
+    path = str(tmp_path / "bn.keras")
+    bn_model(path)
+    assert load_embedding_model(ModelSpec(uri=path)).frozen
+    monkeypatch.setattr(inference, "FREEZE_MAX_WEIGHT_BYTES", 64)
+    assert not load_embedding_model(ModelSpec(uri=path)).frozen

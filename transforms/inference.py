@@ -7,6 +7,7 @@ handler loads ``.keras``/``.h5`` files and SavedModels, cuts the network at
 one or more named layers in a single model call, and stays a ``ModelHandler``
 so RunInference still shares one model per worker process and batches.
 """
+import logging
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from transforms.decode import DecodeForModelFn, as_side_input
+from transforms.decode import DecodeForModelFn, as_side_input, release_free_memory
 from transforms.items import DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE, Embedded, ErrorRow
 
 PIXEL_SCALES = ("raw", "unit", "symmetric")
@@ -28,6 +29,18 @@ POOLS = ("avg", "max", "flatten")
 # What the model is fed: RGB, or the mean of R, G and B for one channel.
 CHANNELS = (1, 3)
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+LOG = logging.getLogger(__name__)
+# How far a frozen model's output may be from the model's (relative to the
+# largest value) before the frozen one is refused: folding a normalisation
+# into a convolution moves float32 values by about 1e-7.
+FROZEN_RTOL = 1e-4
+# Models with more weight bytes than this run unfrozen. TensorFlow holds a
+# frozen graph's constants several times over (graph, function library,
+# optimised graph, kernels): measured, MobileNetV2 (9 MB of weights cut at
+# its pooling layer) holds about 90 MB more frozen and runs 1.3 x faster,
+# ResNet50 (94 MB) about 850 MB more, peaks 1.75 GB higher while freezing,
+# and runs only 8 % faster (BENCHMARKS.md, "Frozen model").
+FREEZE_MAX_WEIGHT_BYTES = 16 * 1024 * 1024
 ACCEPTED = ("a Keras .keras or .h5 file, or a TensorFlow SavedModel directory "
             "(holding saved_model.pb)")
 
@@ -168,8 +181,10 @@ class EmbeddingModel:
     """A loaded model that maps a uint8 image batch to embedding matrices."""
 
     def __init__(self, fn, input_size: Tuple[int, int, int], names: List[str],
-                 pixel_scale: str, layer_names: Sequence[str] = (), pool: str = ""):
+                 pixel_scale: str, layer_names: Sequence[str] = (), pool: str = "",
+                 frozen: bool = False):
         self._fn = fn
+        self.frozen = frozen              # variables baked in as constants (see ``freeze``)
         self.pool = pool                  # how feature-map outputs become vectors
         self.input_size = input_size      # (height, width, channels)
         self.names = names                # one tensor name per embedding
@@ -254,8 +269,66 @@ def _keras_model(path: str, spec: ModelSpec) -> EmbeddingModel:
         out = sub(x, training=False)
         return out if isinstance(out, (list, tuple)) else [out]
 
-    return EmbeddingModel(lambda x: [o.numpy() for o in call(tf.constant(x))],
-                          shape, names, spec.pixel_scale, layer_names, spec.pool)
+    frozen = freeze(call.get_concrete_function(), shape, tf.float32, spec.uri)
+    if frozen is not None:
+        del call, sub, model   # the frozen graph holds its own copy of the weights
+        release_free_memory()
+        fn = lambda x: [o.numpy() for o in frozen(tf.constant(x))]  # noqa: E731
+    else:
+        fn = lambda x: [o.numpy() for o in call(tf.constant(x))]  # noqa: E731
+    return EmbeddingModel(fn, shape, names, spec.pixel_scale, layer_names, spec.pool,
+                          frozen=frozen is not None)
+
+
+def freeze(concrete, input_shape, dtype, uri: str = "", reference=None):
+    """``concrete`` (a ConcreteFunction of one image batch) with its
+    variables baked in as constants, or None when its weights are large
+    (``FREEZE_MAX_WEIGHT_BYTES``), it cannot be frozen (say, a lookup table)
+    or the frozen function does not give the same vectors.
+    The frozen function takes the batch by position and returns a flat list
+    (a dict's values in sorted key order); ``reference`` calls the unfrozen
+    one the same way (default: ``concrete`` itself).
+
+    Why: TensorFlow's graph optimiser only folds what it knows is constant.
+    Frozen, each batch normalisation folds into the convolution before it,
+    and convolution, bias and activation run as one oneDNN kernel; read
+    from variables they stay separate passes over the activations. On
+    MobileNetV2 at 8 images a call that is about 1.3 x the images a second,
+    vectors within 3e-7 (relative) of the unfrozen model's (BENCHMARKS.md,
+    "Frozen model"). TensorFlow 2 exposes the converter only under
+    ``tensorflow.python`` (its TFLite converter uses the same function).
+
+    One probe image goes through both functions: it checks the frozen one
+    and makes TensorFlow optimise it now, so that the optimiser's scratch
+    memory is freed (``release_free_memory``) before the model's peak.
+    """
+    import tensorflow as tf
+    try:
+        weight_bytes = sum(int(np.prod(v.shape)) * v.dtype.size for v in concrete.variables)
+        if weight_bytes > FREEZE_MAX_WEIGHT_BYTES:
+            LOG.info("model %s runs unfrozen: %d MB of weights (frozen: several copies)",
+                     uri, weight_bytes >> 20)
+            return None
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2)
+        frozen = convert_variables_to_constants_v2(concrete)
+        probe = np.random.default_rng(0).integers(0, 256, (1,) + tuple(input_shape))
+        probe = tf.constant(probe.astype(tf.as_dtype(dtype).as_numpy_dtype))
+        want = tf.nest.flatten((reference or concrete)(probe))
+        got = frozen(probe)
+        if len(got) != len(want):
+            raise ValueError(f"{len(got)} outputs instead of {len(want)}")
+        for g, w in zip(got, want):
+            g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+            if g.shape != w.shape or not np.allclose(g, w, rtol=FROZEN_RTOL,
+                                                     atol=FROZEN_RTOL * np.abs(w).max()):
+                raise ValueError("its outputs differ from the model's")
+        return frozen
+    except Exception as e:  # noqa: BLE001 - any failure: run the model as loaded
+        LOG.info("model %s runs unfrozen (%s: %s)", uri, type(e).__name__, e)
+        return None
+    finally:
+        release_free_memory()
 
 
 def _saved_model(path: str, spec: ModelSpec) -> EmbeddingModel:
@@ -286,6 +359,22 @@ def _saved_model(path: str, spec: ModelSpec) -> EmbeddingModel:
 
     for k in wanted:
         embedding_width(k, getattr(fn.structured_outputs[k], "shape", None), spec.pool)
+
+    frozen = freeze(fn, shape, input_spec.dtype, spec.uri,
+                    reference=lambda x: tf.nest.flatten(fn(**{input_name: x})))
+    if frozen is not None:
+        # a frozen function takes its input by position and returns its
+        # outputs flattened, a dict's in sorted key order
+        position = {k: i for i, k in enumerate(out_keys)}
+        del loaded, fn
+        release_free_memory()
+
+        def call(x):
+            out = frozen(tf.constant(x, dtype=input_spec.dtype))
+            return [out[position[k]].numpy() for k in wanted]
+
+        return EmbeddingModel(call, shape, wanted, spec.pixel_scale, out_keys, spec.pool,
+                              frozen=True)
 
     def call(x):
         out = fn(**{input_name: tf.constant(x, dtype=input_spec.dtype)})
@@ -399,10 +488,12 @@ def _to_embedded(keyed, counter_ok, counter_bad):
 # Images a model call holds when batch_size is 0 (auto). TensorFlow keeps the
 # activations of its largest call for the rest of the run (oneDNN's allocator
 # pools them): about 17 MB an image for a 224 px MobileNetV2, so the batch is
-# sized by pixels. 8 at 224 px costs about 10 % of the model's own speed
-# against 32 and saves about 360 MB (BENCHMARKS.md, "Batch size"); small
-# inputs (64 px: 32) keep the per-call overhead low.
-AUTO_BATCH_PIXELS = 8 * 224 * 224
+# sized by pixels. 6 at 224 px: the frozen model (``freeze``) holds about
+# 90 MB more than the unfrozen one, and 6 a call instead of 8 gives that
+# back at N = 6,000, while the frozen model at 6 still runs faster than the
+# unfrozen one at 8 or 32 (BENCHMARKS.md, "Frozen model", "Batch size");
+# small inputs (64 px: 32) keep the per-call overhead low.
+AUTO_BATCH_PIXELS = 6 * 224 * 224
 AUTO_BATCH_MAX = 32
 # Images decoded for the model per turn of the thread pool, whatever the
 # batch: the pixels of a block are kB to MB, the activations of a batch are
