@@ -39,7 +39,7 @@ FROZEN_RTOL = 1e-4
 # optimised graph, kernels): measured, MobileNetV2 (9 MB of weights cut at
 # its pooling layer) holds about 90 MB more frozen and runs 1.3 x faster,
 # ResNet50 (94 MB) about 850 MB more, peaks 1.75 GB higher while freezing,
-# and runs only 8 % faster (BENCHMARKS.md, "Frozen model").
+# and runs only 8 % faster (BENCHMARKS.md, "Throughput, fifth pass").
 FREEZE_MAX_WEIGHT_BYTES = 16 * 1024 * 1024
 ACCEPTED = ("a Keras .keras or .h5 file, or a TensorFlow SavedModel directory "
             "(holding saved_model.pb)")
@@ -293,9 +293,9 @@ def freeze(concrete, input_shape, dtype, uri: str = "", reference=None):
     Frozen, each batch normalisation folds into the convolution before it,
     and convolution, bias and activation run as one oneDNN kernel; read
     from variables they stay separate passes over the activations. On
-    MobileNetV2 at 8 images a call that is about 1.3 x the images a second,
+    MobileNetV2 at 6 images a call that is about 1.37 x the images a second,
     vectors within 3e-7 (relative) of the unfrozen model's (BENCHMARKS.md,
-    "Frozen model"). TensorFlow 2 exposes the converter only under
+    "Throughput, fifth pass"). TensorFlow 2 exposes the converter only under
     ``tensorflow.python`` (its TFLite converter uses the same function).
 
     One probe image goes through both functions: it checks the frozen one
@@ -491,7 +491,7 @@ def _to_embedded(keyed, counter_ok, counter_bad):
 # sized by pixels. 6 at 224 px: the frozen model (``freeze``) holds about
 # 90 MB more than the unfrozen one, and 6 a call instead of 8 gives that
 # back at N = 6,000, while the frozen model at 6 still runs faster than the
-# unfrozen one at 8 or 32 (BENCHMARKS.md, "Frozen model", "Batch size");
+# unfrozen one at 8 or 32 (BENCHMARKS.md, "Throughput, fifth pass", "Batch size");
 # small inputs (64 px: 32) keep the per-call overhead low.
 AUTO_BATCH_PIXELS = 6 * 224 * 224
 AUTO_BATCH_MAX = 32
