@@ -270,13 +270,12 @@ def _keras_model(path: str, spec: ModelSpec) -> EmbeddingModel:
         return out if isinstance(out, (list, tuple)) else [out]
 
     frozen = freeze(call.get_concrete_function(), shape, tf.float32, spec.uri)
+    run = call if frozen is None else frozen
     if frozen is not None:
         del call, sub, model   # the frozen graph holds its own copy of the weights
         release_free_memory()
-        fn = lambda x: [o.numpy() for o in frozen(tf.constant(x))]  # noqa: E731
-    else:
-        fn = lambda x: [o.numpy() for o in call(tf.constant(x))]  # noqa: E731
-    return EmbeddingModel(fn, shape, names, spec.pixel_scale, layer_names, spec.pool,
+    return EmbeddingModel(lambda x: [o.numpy() for o in run(tf.constant(x))],
+                          shape, names, spec.pixel_scale, layer_names, spec.pool,
                           frozen=frozen is not None)
 
 
@@ -369,19 +368,19 @@ def _saved_model(path: str, spec: ModelSpec) -> EmbeddingModel:
         del loaded, fn
         release_free_memory()
 
-        def call(x):
-            out = frozen(tf.constant(x, dtype=input_spec.dtype))
-            return [out[position[k]].numpy() for k in wanted]
+        def outputs(x):
+            out = frozen(x)
+            return [out[position[k]] for k in wanted]
+    else:
+        def outputs(x):
+            out = fn(**{input_name: x})
+            return [out[k] for k in wanted]
 
-        return EmbeddingModel(call, shape, wanted, spec.pixel_scale, out_keys, spec.pool,
-                              frozen=True)
-
-    def call(x):
-        out = fn(**{input_name: tf.constant(x, dtype=input_spec.dtype)})
-        return [out[k].numpy() for k in wanted]
-
-    model = EmbeddingModel(call, shape, wanted, spec.pixel_scale, out_keys, spec.pool)
-    model._keepalive = loaded  # the signature needs its object graph alive
+    model = EmbeddingModel(
+        lambda x: [o.numpy() for o in outputs(tf.constant(x, dtype=input_spec.dtype))],
+        shape, wanted, spec.pixel_scale, out_keys, spec.pool, frozen=frozen is not None)
+    if frozen is None:
+        model._keepalive = loaded  # the signature needs its object graph alive
     return model
 
 
