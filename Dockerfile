@@ -7,22 +7,25 @@
 # Build from the repository root (README, "Worker image"; not built on the
 # machines this project is developed on, which have no Docker):
 #   docker build -t REGISTRY/beam-projector-worker:0.1.0 .
-# The base tag must follow apache_beam.__version__ and the Python minor
-# version of the launching environment: tests/test_container.py checks both,
-# that every COPY source exists and that the package installs from exactly
-# what is copied.
-FROM apache/beam_python3.11_sdk:2.77.0
+# The base tag follows requirements.lock: its apache-beam version and the
+# Python it was locked for, the versions the launcher runs (Beam's advice:
+# launcher and workers on identical versions). tests/test_container.py
+# checks that, that every COPY source exists and that the package installs
+# from exactly what is copied.
+FROM apache/beam_python3.11_sdk:2.78.0
 
-COPY setup.py README.md MANIFEST.in /opt/beam-projector/
+COPY requirements.lock setup.py README.md MANIFEST.in /opt/beam-projector/
 COPY pipeline/ /opt/beam-projector/pipeline/
 COPY transforms/ /opt/beam-projector/transforms/
 COPY configs/ /opt/beam-projector/configs/
 
-# A regular install (not editable), with setup.py's TensorFlow / tfx-bsl /
-# tensorboard pins. apache-beam is held at the image's own version so pip
-# never swaps out the SDK that the image's boot program belongs to. The
+# The lock, hash-checked (its apache-beam is the image's own, so the SDK the
+# boot program belongs to stays), then the package on top of it without
+# resolving anything again; pip check proves setup.py's ranges hold. The
 # import check runs from / so it imports the installed copy.
-RUN pip install --no-cache-dir /opt/beam-projector "apache-beam[gcp]==2.77.0" \
+RUN pip install --no-cache-dir --require-hashes -r /opt/beam-projector/requirements.lock \
+ && pip install --no-cache-dir --no-deps --no-build-isolation /opt/beam-projector \
+ && pip check \
  && cd / && python -c "import pipeline.run, transforms.write, tensorflow, tfx_bsl, configs"
 
 # ENTRYPOINT stays the SDK image's /opt/apache/beam/boot: Dataflow and Flink

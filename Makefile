@@ -3,6 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Every third-party version `make install` (and so `make demo`, `make test`,
+# CI), the Dockerfile and the Dataflow/Flink workers install: all transitive
+# dependencies, pinned with hashes, for CPython 3.11 on Linux x86-64.
+# setup.py keeps version ranges for library users; `make lock` regenerates it.
+LOCK        := requirements.lock
+LOCK_PYTHON := 3.11
+PIP_VERSION := 26.3
+UV_VERSION  := 0.13.9
 CHROMIUM ?= /usr/bin/chromium
 # Airflow lives in its own virtualenv: its pins and TensorFlow's do not mix,
 # and BeamRunPythonPipelineOperator shells out to $(VENV)'s python anyway.
@@ -15,12 +23,19 @@ AIRFLOW_CONSTRAINTS := dags/constraints-airflow.txt
 AIRFLOW_PACKAGES := "apache-airflow==$(AIRFLOW_VERSION)" \
 	"apache-airflow-providers-apache-beam[google]==6.3.1" "apache-airflow-providers-google==22.8.0"
 
-.PHONY: install demo test clean browser airflow airflow-constraints
+.PHONY: install demo test clean browser airflow airflow-constraints lock
 
-$(STAMP): setup.py
+# The lock first, hash-checked (pip refuses a file whose hash differs, and
+# any dependency the lock lacks), then this package on top without touching
+# it; pip check proves setup.py's ranges hold for the locked versions.
+$(STAMP): setup.py $(LOCK)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(LOCK_PYTHON)".split("."))))' \
+	  || { echo "$(LOCK) is for Python $(LOCK_PYTHON); run with PYTHON=python$(LOCK_PYTHON) (or regenerate it: make lock LOCK_PYTHON=X.Y)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[demo,test]'
+	$(BIN)/pip install -q "pip==$(PIP_VERSION)"
+	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
 install: $(STAMP)
@@ -52,6 +67,21 @@ airflow-constraints:
 	build/airflow-resolve/bin/pip install -q $(AIRFLOW_PACKAGES)
 	{ sed -n '/^#/p' $(AIRFLOW_CONSTRAINTS); build/airflow-resolve/bin/pip freeze | sort -f; } > $(AIRFLOW_CONSTRAINTS).new
 	mv $(AIRFLOW_CONSTRAINTS).new $(AIRFLOW_CONSTRAINTS)
+
+# Resolve setup.py (with the demo and test extras) afresh from PyPI into
+# $(LOCK): run it to take new releases on purpose (a security fix, a new
+# Beam), then `make test` and commit the lock with the Dockerfile's FROM tag
+# following its apache-beam version (tests/test_container.py checks both).
+lock:
+	rm -rf build/lock && $(PYTHON) -m venv build/lock
+	build/lock/bin/pip install -q "uv==$(UV_VERSION)"
+	build/lock/bin/uv pip compile setup.py --extra demo --extra test --generate-hashes \
+	  --python-version $(LOCK_PYTHON) --python-platform x86_64-unknown-linux-gnu \
+	  --no-header --quiet -o build/lock/resolved.txt
+	{ echo "# The locked environment, made by 'make lock' (uv $(UV_VERSION): uv pip compile setup.py"; \
+	  echo "# --extra demo --extra test --generate-hashes) for python $(LOCK_PYTHON) on Linux x86-64."; \
+	  echo "# make install, the Dockerfile and the Dataflow/Flink workers install exactly this."; \
+	  cat build/lock/resolved.txt; } > $(LOCK)
 
 test: $(STAMP) browser $(AIRFLOW_STAMP)
 	$(BIN)/python -m pytest -q tests

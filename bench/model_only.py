@@ -37,6 +37,9 @@ def main():
     ap.add_argument("--resize", default="pad")
     ap.add_argument("--freeze", action="store_true",
                     help="the model frozen as the pipeline runs it (transforms.inference.freeze)")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="trace with an open batch dimension (the pipeline traces one fixed "
+                    "batch shape and pads the last batch)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -50,16 +53,19 @@ def main():
     sub = keras.Model(model.inputs, out)
     shape = tuple(model.inputs[0].shape[1:])
 
-    @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.float32)])
+    batch_dim = None if args.dynamic else args.batch
+
+    @tf.function(input_signature=[tf.TensorSpec((batch_dim,) + shape, tf.float32)])
     def embed(x):
-        return sub(x, training=False)
+        return [sub(x, training=False)]
 
     if args.freeze:
         from transforms.inference import freeze
-        frozen = freeze(embed.get_concrete_function(), shape, tf.float32, args.model)
+        frozen = freeze(embed.get_concrete_function(), (args.batch,) + shape, tf.float32,
+                        args.model)
         if frozen is None:
             raise SystemExit(f"{args.model} cannot be frozen")
-        embed = lambda x: frozen(x)[0]  # noqa: E731
+        embed = frozen
 
     load_s = time.perf_counter() - t0
 
@@ -70,18 +76,24 @@ def main():
                        for p in paths])
     decode_s = time.perf_counter() - t0
 
-    embed(tf.constant(pixels[: args.batch].astype(np.float32))).numpy()  # trace + warm up
+    def batch_at(i):
+        x = pixels[i: i + args.batch].astype(np.float32)
+        if len(x) < args.batch and not args.dynamic:   # padded, as the pipeline does
+            x = np.concatenate([x, np.zeros((args.batch - len(x),) + x.shape[1:], x.dtype)])
+        return x
+
+    embed(tf.constant(batch_at(0)))[0].numpy()  # trace + warm up
 
     t0 = time.perf_counter()
     dims = None
     for i in range(0, len(pixels), args.batch):
-        x = pixels[i: i + args.batch].astype(np.float32)
-        vecs = embed(tf.constant(x)).numpy().reshape(len(x), -1)
+        x = batch_at(i)
+        vecs = embed(tf.constant(x))[0].numpy().reshape(len(x), -1)
         dims = vecs.shape[1]
     seconds = time.perf_counter() - t0
     print(json.dumps({"images": len(pixels), "seconds": round(seconds, 3),
                       "images_per_s": round(len(pixels) / seconds, 2), "dims": dims,
-                      "batch": args.batch, "frozen": args.freeze, "decode_s": round(decode_s, 3),
+                      "batch": args.batch, "frozen": args.freeze, "dynamic": args.dynamic, "decode_s": round(decode_s, 3),
                       "decode_images_per_s": round(len(pixels) / decode_s, 1),
                       "load_s": round(load_s, 3)}))
 

@@ -101,7 +101,7 @@ def make_plan(po) -> Plan:
         raise UsageError(str(e)) from None
     spec = ModelSpec(uri=po.model, layers=po.layers, signature=po.signature,
                      outputs=po.outputs, pixel_scale=po.pixel_scale, image_size=image_size,
-                     pool=po.pool or "")
+                     pool=po.pool or "", batch_size=po.batch_size)
     try:
         model_size, tensor_names = checks.check_model(spec)
         checks.check_max_image_bytes(po.max_image_bytes, prefix="--")

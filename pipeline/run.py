@@ -52,7 +52,7 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
 
 def default_local_runner(options: PipelineOptions) -> None:
     """Without --runner, use the FnApiRunner directly: DirectRunner in Beam
-    2.77 first tries to download the Prism binary, which fails offline."""
+    2.78 first tries to download the Prism binary, which fails offline."""
     std = options.view_as(StandardOptions)
     if not std.runner:
         std.runner = "FnApiRunner"

@@ -1,11 +1,11 @@
-"""The worker image recipe (Dockerfile), checked without Docker.
+"""The worker image recipe (Dockerfile) and the lock, checked without Docker.
 
 Docker is not available here, so the image is never built in tests. What can
-be checked is: the base image is Beam's SDK image of the installed Beam and
+be checked is: the base image is Beam's SDK image of the lock's Beam and
 Python versions (a mismatch breaks the worker boot on Dataflow and Flink),
-every path the Dockerfile copies exists and is not excluded by
-.dockerignore, and the package with its pins builds and resolves from
-exactly those paths, offline.
+the environment under test is exactly the lock, every path the Dockerfile
+copies exists and is not excluded by .dockerignore, and the package builds
+from exactly those paths and installs on the lock, offline.
 """
 import email
 import importlib.metadata
@@ -23,6 +23,24 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILE = os.path.join(REPO, "Dockerfile")
+LOCK = os.path.join(REPO, "requirements.lock")
+
+
+def locked():
+    """{normalised name: version} of every pin in requirements.lock."""
+    pins = {}
+    for line in open(LOCK):
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
+        if m:
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def lock_python():
+    """The Python the lock was made for, from its header."""
+    m = re.search(r"for python (\d+\.\d+)", open(LOCK).read())
+    assert m, "requirements.lock names no python version"
+    return m.group(1)
 
 
 def instructions():
@@ -48,19 +66,39 @@ def copies():
 
 
 def pip_install_args():
+    """The arguments of the Dockerfile's install of the package itself."""
     runs = [rest for word, rest in instructions() if word == "RUN" and "pip install" in rest]
     assert len(runs) == 1, runs
-    words = shlex.split(runs[0].split("&&")[0])
+    steps = [shlex.split(step) for step in runs[0].split("&&")]
+    package = [w for w in steps if "install" in w and "/opt/beam-projector" in w]
+    assert len(package) == 1, steps
+    words = package[0]
     return words[words.index("install") + 1:]
 
 
-def test_base_image_matches_installed_beam_and_python():
+def test_base_image_matches_the_locked_beam_and_python():
     froms = [rest for word, rest in instructions() if word == "FROM"]
     assert len(froms) == 1, froms
-    py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert froms[0] == f"apache/beam_python{py}_sdk:{apache_beam.__version__}"
-    # pip must keep the image's own Beam, the one its boot program belongs to
-    assert f"apache-beam[gcp]=={apache_beam.__version__}" in pip_install_args()
+    assert froms[0] == f"apache/beam_python{lock_python()}_sdk:{locked()['apache-beam']}"
+    # the image installs the lock itself, hash-checked, then the package
+    # without resolving anything again
+    runs = " ".join(rest for word, rest in instructions() if word == "RUN")
+    assert "--require-hashes -r /opt/beam-projector/requirements.lock" in runs
+    assert "--no-deps" in pip_install_args()
+
+
+def test_the_environment_under_test_is_the_lock():
+    """Every locked package is installed at its locked version, and this
+    Python is the lock's: what the tests pass on is what the lock installs."""
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" == lock_python()
+    pins = locked()
+    assert {"apache-beam", "tensorflow", "tfx-bsl", "tensorboard", "pillow", "numpy"} <= set(pins)
+    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
+                 for d in importlib.metadata.distributions()}
+    wrong = {name: (version, installed.get(name)) for name, version in pins.items()
+             if installed.get(name) != version}
+    assert not wrong, wrong
+    assert apache_beam.__version__ == pins["apache-beam"]
 
 
 def test_every_copied_path_exists_and_reaches_the_build_context():
@@ -69,8 +107,8 @@ def test_every_copied_path_exists_and_reaches_the_build_context():
     assert ignore[0] == "*"  # an allow-list: .venv and build/ never reach the daemon
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     sources = [s for srcs, _ in copies() for s in srcs]
-    assert {"setup.py", "README.md", "MANIFEST.in", "pipeline/", "transforms/",
-            "configs/"} <= set(sources)
+    assert {"requirements.lock", "setup.py", "README.md", "MANIFEST.in", "pipeline/",
+            "transforms/", "configs/"} <= set(sources)
     for src in sources:
         assert os.path.exists(os.path.join(REPO, src)), src
         assert src.rstrip("/") in allowed, f"{src} is excluded by .dockerignore"
@@ -123,21 +161,20 @@ def test_the_wheel_carries_the_package_and_its_pins(image_wheel):
     assert any(r.startswith("tfx-bsl") for r in requires), requires
 
 
-def test_the_pins_resolve_offline_with_the_images_beam(image_wheel, tmp_path):
-    """The wheel's requirements plus the Dockerfile's Beam pin resolve, with
-    no index, to exactly the versions this venv tests with: pip finds every
-    one already satisfied and plans to install nothing, so the image gets
-    the tested TensorFlow / tfx-bsl / Beam combination (a conflicting pin
-    fails here, since nothing can be fetched)."""
+def test_the_package_installs_on_the_lock_offline(image_wheel, tmp_path):
+    """The lock plus the wheel's own requirements resolve with no index to
+    exactly what is installed: pip finds every one satisfied (hashes
+    required, as the image installs them) and plans to install nothing, so
+    the wheel's ranges admit every locked version (a conflict fails here,
+    since nothing can be fetched)."""
     with zipfile.ZipFile(image_wheel) as whl:
         meta_name = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
         meta = email.message_from_bytes(whl.read(meta_name))
     requires = [r for r in meta.get_all("Requires-Dist") if "extra ==" not in r]
-    extra = [a for a in pip_install_args() if not a.startswith("-") and not a.startswith("/")]
-    assert requires and extra
+    assert requires
     report = tmp_path / "report.json"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--no-index",
-                    "--report", str(report), *requires, *extra],
+                    "--report", str(report), "-r", LOCK, *requires],
                    check=True, capture_output=True)
     planned = {i["metadata"]["name"]: i["metadata"]["version"]
                for i in json.load(open(report))["install"]}

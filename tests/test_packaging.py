@@ -28,7 +28,7 @@ def _repo_files(pattern):
 
 
 @pytest.fixture(scope="module")
-def workflow_tarball(tmp_path_factory, monkeypatch_module):
+def staged(tmp_path_factory, monkeypatch_module):
     """What the Dataflow/Flink launcher stages for ``configs/dataflow.yaml``:
     Beam's own Stager builds the sdist from ``setup_file: ./setup.py``."""
     monkeypatch_module.chdir(REPO)  # the preset's ./setup.py is relative to the repo root
@@ -39,7 +39,31 @@ def workflow_tarball(tmp_path_factory, monkeypatch_module):
     assert len(staged) == 1, resources
     tarballs = glob.glob(os.path.join(temp, "*.tar.gz"))
     assert len(tarballs) == 1
-    return tarballs[0]
+    return tarballs[0], resources
+
+
+@pytest.fixture(scope="module")
+def workflow_tarball(staged):
+    return staged[0]
+
+
+def test_workers_install_the_lock_first(staged):
+    """The Dataflow preset stages requirements.lock, unchanged, as the
+    workers' requirements file (installed before the sdist), and nothing
+    from a launcher-side download cache: hashes and all, the lock is what
+    each worker installs."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    files = {}
+    for r in staged[1]:
+        role = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(r.role_payload)
+        path = beam_runner_api_pb2.ArtifactFilePayload.FromString(r.type_payload).path
+        files[role.staged_name] = path
+    assert {"requirements.txt", "workflow.tar.gz"} <= set(files), sorted(files)
+    assert not [f for f in files if f.endswith((".whl", ".tar.gz")) and f != "workflow.tar.gz"]
+    lock = open(os.path.join(REPO, "requirements.lock"), "rb").read()
+    assert open(files["requirements.txt"], "rb").read() == lock
+    assert b"--hash=sha256:" in lock
 
 
 @pytest.fixture(scope="module")

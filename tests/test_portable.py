@@ -275,7 +275,9 @@ def test_what_the_workers_run(rehearsal):
     staged = [p for p in glob.glob(str(rehearsal["job_service"].staging / "**"), recursive=True)
               if os.path.isfile(p) and tarfile.is_tarfile(p)]
     names = [n for p in staged for n in tarfile.open(p).getnames()]
-    assert "beam-projector-0.1.0/pipeline/run.py" in names, names[:20]
+    # the sdist's folder is beam_projector-0.1.0 (setuptools normalises the
+    # distribution name, PEP 625)
+    assert "beam_projector-0.1.0/pipeline/run.py" in names, names[:20]
     workers = rehearsal["workers"]
     assert workers, "no SDK worker process was seen under the worker pool"
     site = os.path.realpath(os.path.join(VENV_BIN, ".."))

@@ -318,7 +318,10 @@ class ImagesToProjector(beam.PTransform):
                              f"got {tensor_format!r}")
         self.model = model if isinstance(model, ModelSpec) else ModelSpec(
             uri=model, layers=tuple(layers), signature=signature, outputs=tuple(outputs),
-            pixel_scale=pixel_scale, image_size=tuple(image_size), pool=pool or "")
+            pixel_scale=pixel_scale, image_size=tuple(image_size), pool=pool or "",
+            batch_size=batch_size)
+        if batch_size and not self.model.batch_size:
+            self.model = self.model._replace(batch_size=batch_size)
         self.output = output
         self._columns = None if columns is None else tuple(columns)
         self._max_items, self._seed = max_items, seed
@@ -387,7 +390,8 @@ class ImagesToProjector(beam.PTransform):
         tile = (sampled
                 | "SampleSize" >> beam.combiners.Count.Globally()
                 | "TileSize" >> beam.Map(_tile_for, self._max_items, self._tile_size))
-        batch_size = self._batch_size or auto_batch_size(model_size)
+        # the loader's own rule: the model is traced for exactly this batch
+        batch_size = self.model.batch_size or auto_batch_size(model_size)
         # Thumbnails go to staging files as they are made (the writer draws
         # the sprite from them); later stages read them back on use.
         folder = staging_dir(self.output, self.run_id)

@@ -58,6 +58,7 @@ class ModelSpec(NamedTuple):
     pixel_scale: str = "raw"
     image_size: Tuple[int, ...] = ()      # (height, width) for models that accept any size
     pool: str = ""                        # "", or one of POOLS for feature-map outputs
+    batch_size: int = 0                   # rows of every model call; 0: auto_batch_size
 
 
 def resolve_input_shape(shape, image_size, what: str) -> Tuple[int, int, int]:
@@ -178,26 +179,48 @@ def localize(uri: str) -> str:
 
 
 class EmbeddingModel:
-    """A loaded model that maps a uint8 image batch to embedding matrices."""
+    """A loaded model that maps uint8 images to embedding matrices.
+
+    Every call of the model function gets exactly ``batch_size`` rows: the
+    function is traced for that one shape, and ``embed`` cuts any number of
+    images into such calls, zero-padding the last one. CPU kernels round
+    differently for different batch shapes (a Dense layer's vectors move by
+    ~1e-7 between batch 1 and 7 here), so an image's vector would otherwise
+    depend on which others shared its bundle, and differ between runners.
+    At one shape it is bitwise the same whatever its position or companions;
+    a fixed shape also lets the graph optimiser specialise (BENCHMARKS.md).
+    """
 
     def __init__(self, fn, input_size: Tuple[int, int, int], names: List[str],
                  pixel_scale: str, layer_names: Sequence[str] = (), pool: str = "",
-                 frozen: bool = False):
-        self._fn = fn
+                 frozen: bool = False, batch_size: int = 1):
+        self._fn = fn                     # (batch_size, H, W, C) array -> list of outputs
         self.frozen = frozen              # variables baked in as constants (see ``freeze``)
         self.pool = pool                  # how feature-map outputs become vectors
         self.input_size = input_size      # (height, width, channels)
         self.names = names                # one tensor name per embedding
         self.pixel_scale = pixel_scale
         self.layer_names = list(layer_names)
+        self.batch_size = batch_size      # rows of every model call
 
     def embed(self, pixels: np.ndarray) -> List[np.ndarray]:
-        """(B, H, W, 3) uint8 -> one float32 (B, D_i) matrix per embedding."""
-        x = scale_pixels(pixels, self.pixel_scale)
-        if self.input_size[2] == 1:
-            x = x.mean(axis=-1, keepdims=True)
-        outs = self._fn(x)
-        return [pool_features(out, self.pool) for out in outs]
+        """(B, H, W, 3) uint8, any B -> one float32 (B, D_i) matrix per embedding."""
+        pixels = np.asarray(pixels)
+        b = self.batch_size
+        parts = []
+        for start in range(0, max(len(pixels), 1), b):
+            chunk = pixels[start:start + b]
+            rows = len(chunk)
+            if rows < b:
+                chunk = np.concatenate(
+                    [chunk, np.zeros((b - rows,) + chunk.shape[1:], chunk.dtype)])
+            x = scale_pixels(chunk, self.pixel_scale)
+            if self.input_size[2] == 1:
+                x = x.mean(axis=-1, keepdims=True)
+            parts.append([pool_features(out, self.pool)[:rows] for out in self._fn(x)])
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate(mats) for mats in zip(*parts)]
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -261,32 +284,34 @@ def _keras_model(path: str, spec: ModelSpec) -> EmbeddingModel:
     shape = resolve_input_shape(tuple(model.inputs[0].shape[1:]), spec.image_size,
                                 f"model input {model.inputs[0].shape}")
 
-    # A traced function avoids Keras' per-call Python dispatch; batches are
-    # padded to one size (EmbeddingModelHandler), so it traces once.
-    @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.float32)],
-                 reduce_retracing=True)
+    batch = spec.batch_size or auto_batch_size(shape)
+
+    # A traced function avoids Keras' per-call Python dispatch; traced for
+    # one batch shape (see EmbeddingModel).
+    @tf.function(input_signature=[tf.TensorSpec((batch,) + shape, tf.float32)])
     def call(x):
         out = sub(x, training=False)
         return out if isinstance(out, (list, tuple)) else [out]
 
-    frozen = freeze(call.get_concrete_function(), shape, tf.float32, spec.uri)
-    run = call if frozen is None else frozen
+    concrete = call.get_concrete_function()
+    frozen = freeze(concrete, (batch,) + shape, tf.float32, spec.uri)
     if frozen is not None:
-        del call, sub, model   # the frozen graph holds its own copy of the weights
+        del call, concrete, sub, model   # the frozen graph holds its own copy of the weights
         release_free_memory()
+        run = frozen
+    else:
+        run = concrete
     return EmbeddingModel(lambda x: [o.numpy() for o in run(tf.constant(x))],
                           shape, names, spec.pixel_scale, layer_names, spec.pool,
-                          frozen=frozen is not None)
+                          frozen=frozen is not None, batch_size=batch)
 
 
-def freeze(concrete, input_shape, dtype, uri: str = "", reference=None):
-    """``concrete`` (a ConcreteFunction of one image batch) with its
-    variables baked in as constants, or None when its weights are large
-    (``FREEZE_MAX_WEIGHT_BYTES``), it cannot be frozen (say, a lookup table)
-    or the frozen function does not give the same vectors.
-    The frozen function takes the batch by position and returns a flat list
-    (a dict's values in sorted key order); ``reference`` calls the unfrozen
-    one the same way (default: ``concrete`` itself).
+def freeze(concrete, batch_shape, dtype, uri: str = ""):
+    """``concrete`` (a ConcreteFunction of one image batch of ``batch_shape``,
+    returning a list) with its variables baked in as constants, or None when
+    its weights are large (``FREEZE_MAX_WEIGHT_BYTES``), it cannot be frozen
+    (say, a lookup table) or the frozen function does not give the same
+    vectors. Both take the batch by position and return a flat list.
 
     Why: TensorFlow's graph optimiser only folds what it knows is constant.
     Frozen, each batch normalisation folds into the convolution before it,
@@ -297,7 +322,7 @@ def freeze(concrete, input_shape, dtype, uri: str = "", reference=None):
     "Throughput, fifth pass"). TensorFlow 2 exposes the converter only under
     ``tensorflow.python`` (its TFLite converter uses the same function).
 
-    One probe image goes through both functions: it checks the frozen one
+    One probe batch goes through both functions: it checks the frozen one
     and makes TensorFlow optimise it now, so that the optimiser's scratch
     memory is freed (``release_free_memory``) before the model's peak.
     """
@@ -311,9 +336,9 @@ def freeze(concrete, input_shape, dtype, uri: str = "", reference=None):
         from tensorflow.python.framework.convert_to_constants import (
             convert_variables_to_constants_v2)
         frozen = convert_variables_to_constants_v2(concrete)
-        probe = np.random.default_rng(0).integers(0, 256, (1,) + tuple(input_shape))
+        probe = np.random.default_rng(0).integers(0, 256, tuple(batch_shape))
         probe = tf.constant(probe.astype(tf.as_dtype(dtype).as_numpy_dtype))
-        want = tf.nest.flatten((reference or concrete)(probe))
+        want = tf.nest.flatten(concrete(probe))
         got = frozen(probe)
         if len(got) != len(want):
             raise ValueError(f"{len(got)} outputs instead of {len(want)}")
@@ -359,26 +384,27 @@ def _saved_model(path: str, spec: ModelSpec) -> EmbeddingModel:
     for k in wanted:
         embedding_width(k, getattr(fn.structured_outputs[k], "shape", None), spec.pool)
 
-    frozen = freeze(fn, shape, input_spec.dtype, spec.uri,
-                    reference=lambda x: tf.nest.flatten(fn(**{input_name: x})))
+    batch = spec.batch_size or auto_batch_size(shape)
+
+    # The signature takes any batch; this traces it for one batch shape (see
+    # EmbeddingModel) and returns the wanted outputs as a list, in order.
+    @tf.function(input_signature=[tf.TensorSpec((batch,) + shape, input_spec.dtype)])
+    def call(x):
+        out = fn(**{input_name: x})
+        return [out[k] for k in wanted]
+
+    concrete = call.get_concrete_function()
+    frozen = freeze(concrete, (batch,) + shape, input_spec.dtype, spec.uri)
     if frozen is not None:
-        # a frozen function takes its input by position and returns its
-        # outputs flattened, a dict's in sorted key order
-        position = {k: i for i, k in enumerate(out_keys)}
-        del loaded, fn
+        del call, concrete, loaded, fn
         release_free_memory()
-
-        def outputs(x):
-            out = frozen(x)
-            return [out[position[k]] for k in wanted]
+        run = frozen
     else:
-        def outputs(x):
-            out = fn(**{input_name: x})
-            return [out[k] for k in wanted]
-
+        run = concrete
     model = EmbeddingModel(
-        lambda x: [o.numpy() for o in outputs(tf.constant(x, dtype=input_spec.dtype))],
-        shape, wanted, spec.pixel_scale, out_keys, spec.pool, frozen=frozen is not None)
+        lambda x: [o.numpy() for o in run(tf.constant(x, dtype=input_spec.dtype))],
+        shape, wanted, spec.pixel_scale, out_keys, spec.pool, frozen=frozen is not None,
+        batch_size=batch)
     if frozen is None:
         model._keepalive = loaded  # the signature needs its object graph alive
     return model
@@ -454,15 +480,13 @@ class EmbeddingModelHandler(ModelHandler):
         return shared_embedding_model(self._spec)
 
     def run_inference(self, batch, model: EmbeddingModel, inference_args=None):
-        # Every model call gets exactly batch_size rows (a short batch is
-        # padded with zeros): CPU matmul kernels round differently for
-        # different batch shapes, so without this an image's vector would
-        # depend on which others shared its bundle, and differ between
-        # runners. A row's result does not depend on its position.
-        x = np.stack(batch)
-        if len(x) < self._batch_size:
-            x = np.concatenate([x, np.zeros((self._batch_size - len(x),) + x.shape[1:], x.dtype)])
-        mats = model.embed(x)
+        # ``embed`` runs the model at its one batch shape, padding a short
+        # batch, so a vector does not depend on how bundles were split; the
+        # counter says what that costs (rows computed and thrown away).
+        padding = -len(batch) % model.batch_size
+        if padding:
+            beam.metrics.Metrics.counter(METRICS_NAMESPACE, "padding_rows").inc(padding)
+        mats = model.embed(np.stack(batch))
         return [tuple(m[i] for m in mats) for i in range(len(batch))]
 
     def get_num_bytes(self, batch) -> int:
