@@ -15,8 +15,7 @@
 FROM apache/beam_python3.11_sdk:2.78.0
 
 COPY requirements.lock setup.py README.md MANIFEST.in /opt/beam-projector/
-COPY pipeline/ /opt/beam-projector/pipeline/
-COPY transforms/ /opt/beam-projector/transforms/
+COPY beam_projector/ /opt/beam-projector/beam_projector/
 COPY configs/ /opt/beam-projector/configs/
 
 # The lock, hash-checked (its apache-beam is the image's own, so the SDK the
@@ -26,7 +25,7 @@ COPY configs/ /opt/beam-projector/configs/
 RUN pip install --no-cache-dir --require-hashes -r /opt/beam-projector/requirements.lock \
  && pip install --no-cache-dir --no-deps --no-build-isolation /opt/beam-projector \
  && pip check \
- && cd / && python -c "import pipeline.run, transforms.write, tensorflow, tfx_bsl, configs"
+ && cd / && python -c "import beam_projector.pipeline.run, beam_projector.configs, tensorflow, tfx_bsl"
 
 # ENTRYPOINT stays the SDK image's /opt/apache/beam/boot: Dataflow and Flink
 # start the worker through it.

@@ -41,7 +41,7 @@ $(STAMP): setup.py $(LOCK)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pipeline.demo --workdir build/demo
+	$(BIN)/python -m beam_projector.pipeline.demo --workdir build/demo
 
 # tests/test_browser.py drives Debian's chromium headless; CI runs as root.
 browser:

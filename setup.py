@@ -1,8 +1,14 @@
 """beam-projector: image embeddings -> TensorBoard Embedding Projector logdir.
 
-Also the package Dataflow/Flink workers install: pass ``--setup_file
-./setup.py`` and ``pipeline/``, ``transforms/`` and ``configs/`` ship with the
-job (the pattern of Beam's ``examples/complete/juliaset``).
+Installs one package, ``beam_projector`` (the pipeline/ CLI layer and the
+transforms/ library inside it), with the YAML presets of the repository's
+``configs/`` as its package data (``beam_projector.configs``). Also the
+package Dataflow/Flink workers install: pass ``--setup_file ./setup.py``
+(the pattern of Beam's ``examples/complete/juliaset``).
+
+Version ranges here are for library users; ``requirements.lock`` pins the
+exact versions the tests ran with (``make install``, the Dockerfile and the
+worker presets use it).
 """
 import setuptools
 
@@ -25,10 +31,11 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*",
-                                               "configs", "configs.*"]),
-    package_data={"configs": ["*.yaml"]},
-    include_package_data=True,
+    packages=setuptools.find_packages(include=["beam_projector", "beam_projector.*"])
+    + ["beam_projector.configs"],
+    # the presets stay at the top of the repository, where users look for them
+    package_dir={"beam_projector.configs": "configs"},
+    package_data={"beam_projector.configs": ["*.yaml"]},
     install_requires=REQUIRED,
     extras_require={
         "demo": ["scikit-learn>=1.3"],
@@ -36,5 +43,5 @@ setuptools.setup(
         # tensorflow-datasets: tests/test_tfds.py writes real TFDS shards offline
         "test": ["pytest>=8", "scikit-learn>=1.3", "websockets>=12", "tensorflow-datasets>=4.9.10"],
     },
-    entry_points={"console_scripts": ["beam-projector=pipeline.run:main"]},
+    entry_points={"console_scripts": ["beam-projector=beam_projector.pipeline.cli:main"]},
 )

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Memory and shuffle benchmark: peak RSS against N, and bytes per image per boundary.
 
-Runs `python -m pipeline.run ...` exactly as a user does (default options, no
+Runs `python -m beam_projector ...` exactly as a user does (default options, no
 runner flags) in child processes and reads each child's peak RSS from
 ``os.wait4``. With --baseline DIR (a checkout of an older commit, run with the
 same interpreter: `git worktree add --detach DIR COMMIT`) the same cases run on
@@ -120,7 +120,7 @@ def photos_for(workdir, n):
 
 def run_case(code_dir, csv_path, model, layer, n, outdir, timeout):
     shutil.rmtree(outdir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipeline.run", "--input", csv_path, "--model", model,
+    cmd = [sys.executable, "-m", "beam_projector", "--input", csv_path, "--model", model,
            "--embedding_layer", layer, "--output", outdir, "--max_items", str(n)]
     env = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": code_dir}
@@ -136,7 +136,7 @@ def live_check(outdir, n, dims):
     sys.path.insert(0, os.path.join(common.REPO, "tests"))
     import support  # the test suite's own check
 
-    from transforms.projector import tile_size_for
+    from beam_projector.transforms.projector import tile_size_for
     t0 = time.perf_counter()
     support.check_live_projector(outdir, n=n, dims=dims, tile=tile_size_for(n, 100))
     return round(time.perf_counter() - t0, 1)
@@ -164,11 +164,11 @@ def boundary_bytes(csv_path, count=200, model_side=224, tile=100):
     over ``count`` photos, with the coder Beam picks for these elements."""
     import apache_beam as beam
 
-    from transforms import decode
+    from beam_projector.transforms import decode
     import hashlib
 
-    from transforms.items import Embedded, ImageRef, StagedThumbnail
-    from transforms.sampling import sample_key
+    from beam_projector.transforms.items import Embedded, ImageRef, StagedThumbnail
+    from beam_projector.transforms.sampling import sample_key
 
     coder = beam.coders.registry.get_coder(object)
     rows = [line.split(",", 1)[0] for line in open(csv_path).read().splitlines()[1:count + 1]]
@@ -195,7 +195,7 @@ def boundary_bytes(csv_path, count=200, model_side=224, tile=100):
                                  + ".thumbs", 12_345_678, len(thumb.png),
                                  hashlib.sha256(thumb.png).digest())
         sizes["embedded_staged_1280"].append(len(coder.encode(Embedded(ref, staged, (vec,)))))
-        from transforms import neighbors as nb
+        from beam_projector.transforms import neighbors as nb
         e = Embedded(ref, thumb, (vec,))
         sizes["neighbor_slim_1280"].append(len(coder.encode(nb._slim(e, 0, 1, 0, nb.PROJECTED_DIMS))))
         raw = thumb.rgb

@@ -46,7 +46,7 @@ def main():
     import keras
     import tensorflow as tf
 
-    from transforms.decode import decode_image, read_bytes
+    from beam_projector.transforms.decode import decode_image, read_bytes
 
     model = keras.saving.load_model(args.model, compile=False)
     out = model.get_layer(args.layer).output if args.layer else model.outputs[0]
@@ -60,7 +60,7 @@ def main():
         return [sub(x, training=False)]
 
     if args.freeze:
-        from transforms.inference import freeze
+        from beam_projector.transforms.inference import freeze
         frozen = freeze(embed.get_concrete_function(), (args.batch,) + shape, tf.float32,
                         args.model)
         if frozen is None:

@@ -55,7 +55,7 @@ def vectors(start: int, count: int):
 
 
 def make_chunk(chunk: int, n: int):
-    from transforms.items import Embedded, ImageRef, Thumbnail
+    from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
 
     start = chunk * CHUNK
     count = min(CHUNK, n - start)
@@ -81,8 +81,8 @@ def child(args, beam_args):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.run import default_local_runner
-    from transforms.neighbors import NeighborColumns
+    from beam_projector.pipeline.run import default_local_runner
+    from beam_projector.transforms.neighbors import NeighborColumns
 
     out = {}
     for stage in ("generate_only", "with_neighbors"):
@@ -174,7 +174,7 @@ def _ppid(pid):
 
 def recall(n: int, queries: int, k: int = 10):
     """Recall@k of the projected search against the exact 1280-d search."""
-    from transforms import neighbors as nb
+    from beam_projector.transforms import neighbors as nb
 
     xs, clusters, keys = [], [], []
     for chunk in range(-(-n // CHUNK)):

@@ -10,7 +10,7 @@ photo set and one machine, interleaved within each repetition:
                 excludes imports and model load; whole-process wall time too);
   (b) model     bench/model_only.py: the model alone on pre-decoded batches of
                 64 through a fixed-signature tf.function - the compute limit;
-  (c) pipeline  `python -m pipeline.run ...` exactly as a user runs it, as a
+  (c) pipeline  `python -m beam_projector ...` exactly as a user runs it, as a
                 subprocess: whole-process wall time, and the seconds the CLI
                 reports ("... in Xs": graph build to publish, without imports).
 
@@ -176,7 +176,7 @@ def time_model(csv_path, model, layer, count, batch, env, timeout):
 
 def time_pipeline(csv_path, model, layer, count, outdir, variant, env, timeout, keep):
     shutil.rmtree(outdir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipeline.run", "--input", csv_path, "--model", model,
+    cmd = [sys.executable, "-m", "beam_projector", "--input", csv_path, "--model", model,
            "--embedding_layer", layer, "--output", outdir, "--max_items", str(count)]
     cmd += variant["args"]
     r = common.check(common.run_child(cmd, env={**env, **variant["env"]}, timeout=timeout),

@@ -93,8 +93,8 @@ def sample_child(argv):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from transforms.sampling import SampleItems
-    from transforms.sources import ReadCsv
+    from beam_projector.transforms.sampling import SampleItems
+    from beam_projector.transforms.sources import ReadCsv
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kept = beam.metrics.Metrics.counter("bench", "sampled")
@@ -162,9 +162,9 @@ def synthetic_items(n: int, dims: int, tile: int, seed: int = 0):
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from transforms.items import Embedded, ImageRef, Thumbnail
-    from transforms.projector import fit_within
-    from transforms.sampling import sample_key
+    from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
+    from beam_projector.transforms.projector import fit_within
+    from beam_projector.transforms.sampling import sample_key
 
     rng = np.random.default_rng(seed)
     photos = [Image.fromarray(a) for a in load_sample_images().images]
@@ -184,8 +184,8 @@ def synthetic_items(n: int, dims: int, tile: int, seed: int = 0):
 
 
 def bench_writer(args, formats=("tsv", "binary")):
-    from transforms import projector
-    from transforms.write import WriterConfig, build_assets, publish, select_for_publish
+    from beam_projector.transforms import projector
+    from beam_projector.transforms.write import WriterConfig, build_assets, publish, select_for_publish
 
     tile = projector.tile_size_for(args.items, args.tile)
     t0 = time.perf_counter()
@@ -230,7 +230,7 @@ def bench_writer(args, formats=("tsv", "binary")):
 
 def writer_breakdown(items, tile, runs):
     """Median seconds of each part of build_assets, to show where the time goes."""
-    from transforms import projector
+    from beam_projector.transforms import projector
 
     parts = {
         "stack_vectors": lambda: np.stack([e.vectors[0] for e in items]).astype(np.float32),
@@ -244,7 +244,7 @@ def writer_breakdown(items, tile, runs):
     sprite = parts["assemble_sprite"]()
     parts["sprite_png"] = lambda: projector.png_bytes(sprite)
     try:  # preview.png (a PCA map of the thumbnails), where the writer makes one
-        from transforms import preview
+        from beam_projector.transforms import preview
     except ImportError:
         preview = None
     if preview is not None and hasattr(preview, "render_preview"):

@@ -39,8 +39,8 @@ def main():
 
     import numpy as np
 
-    from transforms import decode, write
-    from transforms.items import Embedded, ImageRef
+    from beam_projector.transforms import decode, write
+    from beam_projector.transforms.items import Embedded, ImageRef
 
     files = sorted(glob.glob(os.path.join(args.photos, "images", "*.jpg")))[:args.n]
     if len(files) < args.n:

@@ -2,7 +2,7 @@
 
 Airflow and the pipeline live in different virtual environments (Airflow's
 pins and TensorFlow's do not mix): ``BeamRunPythonPipelineOperator`` shells
-out to the pipeline venv's interpreter as ``python -m pipeline.run
+out to the pipeline venv's interpreter as ``python -m beam_projector
 --runner=R --config=FILE --output=ROOT/<ds>``, so this file imports nothing
 from the project. The config is read through Beam's ``FileSystems`` (Beam
 comes with the Beam provider), so a ``gs://`` config works on Cloud
@@ -56,7 +56,7 @@ with DAG(
 ) as dag:
     BeamRunPythonPipelineOperator(
         task_id="projector_logdir",
-        py_file="pipeline.run",
+        py_file="beam_projector",
         py_options=["-m"],
         py_interpreter=PYTHON,
         runner=_runner(CONFIG),

@@ -62,7 +62,7 @@ def load_tensor(path, shape):
 
 def run_pipeline(*args, **flags):
     """Run the pipeline in-process; flags become --key value."""
-    from pipeline.run import run
+    from beam_projector.pipeline.run import run
 
     argv = list(args)
     for k, v in flags.items():

@@ -77,7 +77,7 @@ def test_dagbag_loads_the_dag_with_its_defaults(airflow_home):
     assert info["import_errors"] == {}
     assert info["dag_ids"] == ["beam_projector"]
     assert info["operator"] == "BeamRunPythonPipelineOperator"
-    assert info["py_file"] == "pipeline.run" and info["py_options"] == ["-m"]
+    assert info["py_file"] == "beam_projector" and info["py_options"] == ["-m"]
     assert info["py_interpreter"] == os.path.join(REPO, ".venv", "bin", "python")
     assert info["retries"] == 2 and info["catchup"] is False
     assert info["schedule"] == "@daily"
@@ -124,7 +124,7 @@ def test_dag_test_writes_a_run_dated_logdir_tensorboard_serves(airflow_home, dig
     result, proc = airflow_python(RUN, [DAGS, DAY.isoformat()], env, str(tmp_path))
     assert result["state"] == "success", proc.stderr[-5000:]
     logs = proc.stdout + proc.stderr
-    assert "python -m pipeline.run --runner=FnApiRunner" in logs
+    assert "python -m beam_projector --runner=FnApiRunner" in logs
     out = root / DAY.isoformat()
     assert sorted(p.name for p in root.iterdir()) == [DAY.isoformat()]
     summary = json.load(open(out / "run_summary.json"))

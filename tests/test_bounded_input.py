@@ -17,8 +17,8 @@ import pytest
 from apache_beam.io.filesystem import FileMetadata, FileSystem
 from PIL import Image
 
-from transforms.decode import ImageError, read_bytes
-from transforms.items import DEFAULT_MAX_IMAGE_BYTES
+from beam_projector.transforms.decode import ImageError, read_bytes
+from beam_projector.transforms.items import DEFAULT_MAX_IMAGE_BYTES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARD_RSS_KB = 4 * 1024 * 1024    # the watchdog kills the child above 4 GiB ...
@@ -60,7 +60,7 @@ print(json.dumps({"rc": proc.returncode, "killed": killed,
 def measure(args):
     """Run the CLI in a child of a fresh process; (peak RSS kB, result dict)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    argv = [sys.executable, "-m", "pipeline.run", *args]
+    argv = [sys.executable, "-m", "beam_projector", *args]
     out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(argv), str(HARD_RSS_KB),
                           str(HARD_SECONDS)], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=HARD_SECONDS + 120)
@@ -216,14 +216,14 @@ def test_a_source_that_lies_about_its_size_is_read_only_to_the_limit():
 
 
 def test_max_image_bytes_is_an_option_with_the_items_default():
-    from pipeline.options import ProjectorOptions
+    from beam_projector.pipeline.options import ProjectorOptions
 
     assert ProjectorOptions([]).max_image_bytes == DEFAULT_MAX_IMAGE_BYTES == 256 * 1024 ** 2
     assert ProjectorOptions(["--max_image_bytes", "1000"]).max_image_bytes == 1000
 
 
 def test_max_image_bytes_must_be_positive(digits, model_path, tmp_path):
-    from pipeline.preflight import UsageError
+    from beam_projector.pipeline.preflight import UsageError
     from support import run_pipeline
 
     csv_path, _ = digits

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import hostile_corpus
-from pipeline.options import ProjectorOptions
+from beam_projector.pipeline.options import ProjectorOptions
 
 BIN = os.path.dirname(sys.executable)
 GROUPS = ["input", "sampling", "model", "output", "failures", "run"]
@@ -49,7 +49,7 @@ def help_entries(text):
 
 
 @pytest.mark.parametrize("command", [[os.path.join(BIN, "beam-projector"), "--help"],
-                                     [sys.executable, "-m", "pipeline.run", "-h"]],
+                                     [sys.executable, "-m", "beam_projector", "-h"]],
                          ids=["console-script", "python-m"])
 def test_help_lists_every_option_grouped_with_its_default(command):
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=cli_env())
@@ -75,14 +75,14 @@ def test_help_lists_every_option_grouped_with_its_default(command):
 
 
 def test_help_beam_lists_the_runner_options_and_help_needs_no_config(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.run", "--help_beam"],
+    proc = subprocess.run([sys.executable, "-m", "beam_projector", "--help_beam"],
                           capture_output=True, text=True, timeout=120, env=cli_env())
     assert proc.returncode == 0, proc.stderr
     for flag in ("--runner", "--direct_num_workers", "--project", "--flink_master"):
         assert flag in proc.stdout
     assert "--max_items" not in proc.stdout  # ours are in --help
     # --help wins before --config is read or Beam parses anything
-    proc = subprocess.run([sys.executable, "-m", "pipeline.run", "--config",
+    proc = subprocess.run([sys.executable, "-m", "beam_projector", "--config",
                            str(tmp_path / "missing.yaml"), "--max_items", "x", "--help"],
                           capture_output=True, text=True, timeout=120, env=cli_env())
     assert proc.returncode == 0 and "sampling:" in proc.stdout, proc.stderr

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from support import check_live_projector
-from transforms import lock, projector, write
-from transforms.items import Embedded, ImageRef, Thumbnail
+from beam_projector.transforms import lock, projector, write
+from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,8 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHER = r'''
 import os, signal, sys, time, random
 import numpy as np
-from transforms import write
-from transforms.items import Embedded, ImageRef, Thumbnail
+from beam_projector.transforms import write
+from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
 
 out, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 kill_at = int(os.environ.get("KILL_AT", "0"))
@@ -170,7 +170,7 @@ def test_a_killed_publisher_blocks_nothing_and_is_swept(tmp_path):
 def test_a_live_lock_holder_makes_others_wait(tmp_path):
     out = str(tmp_path / "out")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from transforms import lock\n"
+        [sys.executable, "-c", "import sys, time; from beam_projector.transforms import lock\n"
          "with lock.PublishLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)",
          out], cwd=ROOT, env=env(), stdout=subprocess.PIPE)
     try:
@@ -279,7 +279,7 @@ def test_two_cli_runs_into_one_output(digits, model_path, tmp_path):
     procs = []
     for n in (20, 30):
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pipeline.run", "--input", csv_path, "--model", model_path,
+            [sys.executable, "-m", "beam_projector", "--input", csv_path, "--model", model_path,
              "--embedding_layer", "embedding", "--output", out, "--max_items", str(n),
              "--tile_size", "16"], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE))

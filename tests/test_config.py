@@ -7,10 +7,10 @@ import pytest
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.config import ConfigError, _actions, expand_config, option_parser
-from pipeline.options import ProjectorOptions
-from pipeline.preflight import UsageError
-from pipeline.run import main
+from beam_projector.pipeline.config import ConfigError, _actions, expand_config, option_parser
+from beam_projector.pipeline.options import ProjectorOptions
+from beam_projector.pipeline.preflight import UsageError
+from beam_projector.pipeline.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from test_publish import snapshot
-from transforms import write
-from transforms.items import Embedded, ImageRef, Thumbnail
+from beam_projector.transforms import write
+from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +43,7 @@ def fill(disk, leave):
 
 def cli(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.run", *args], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "beam_projector", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     return proc.returncode, proc.stderr.strip().splitlines()
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 import support
 from support import run_pipeline
-from transforms.sampling import sample_key
+from beam_projector.transforms.sampling import sample_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,7 +145,7 @@ def test_failures_inside_the_first_n_do_not_shrink_the_output(mixed, model_path,
 
 def test_fewer_good_items_than_n_publishes_all_of_them(mixed, model_path, tmp_path, capsys):
     """Also the CLI's closing summary line, with the failure count."""
-    from pipeline.run import main
+    from beam_projector.pipeline.cli import main
 
     data, good, bad = mixed
     out = str(tmp_path / "out")
@@ -163,9 +163,9 @@ def test_fewer_good_items_than_n_publishes_all_of_them(mixed, model_path, tmp_pa
 # --- --max_error_fraction -------------------------------------------------------
 
 def cli(*args, timeout=300):
-    """``python -m pipeline.run ARGS`` -> (exit code, stderr lines)."""
+    """``python -m beam_projector ARGS`` -> (exit code, stderr lines)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.run", *args], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "beam_projector", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stderr.strip().splitlines()
 
@@ -257,7 +257,7 @@ def test_usage_errors_are_one_line_before_any_work(usage_cases):
         if "--output" not in args:
             args = args + ["--output", out]
         procs.append((out, subprocess.Popen(
-            [sys.executable, "-m", "pipeline.run", *args], cwd=ROOT, env=env,
+            [sys.executable, "-m", "beam_projector", *args], cwd=ROOT, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
     for (name, _, fragments), (out, proc) in zip(cases, procs):
         stdout, stderr = proc.communicate(timeout=300)
@@ -299,7 +299,7 @@ TENSOR_DUMP = ("Binding inputs to tf.function failed due to `Can not cast Tensor
 
 
 def test_failure_line_picks_the_line_that_states_the_error():
-    from pipeline.run import failure_line
+    from beam_projector.pipeline.cli import failure_line
     assert failure_line(TWO_INPUTS, "ValueError") == (
         "ValueError: Layer \"functional\" expects 2 named input(s) with keys ['a', 'b'], but it "
         "received 1 input tensors.")

@@ -6,7 +6,7 @@ import apache_beam as beam
 import pytest
 
 from support import check_live_projector
-from transforms import projector, write
+from beam_projector.transforms import projector, write
 
 
 def _config(out):
@@ -24,7 +24,7 @@ def _check_live(out, n):
 
 
 def test_example_from_rows(model_path, tmp_path):
-    from pipeline.examples import from_rows
+    from beam_projector.pipeline.examples import from_rows
 
     out = str(tmp_path / "rows")
     rows = from_rows.digit_rows(80)
@@ -37,7 +37,7 @@ def test_example_from_rows(model_path, tmp_path):
 
 
 def test_example_from_csv(digits, model_path, tmp_path):
-    from pipeline.examples import from_csv
+    from beam_projector.pipeline.examples import from_csv
 
     digits_csv, _ = digits
     csv_path = str(tmp_path / "images.csv")
@@ -59,7 +59,7 @@ def test_example_from_csv(digits, model_path, tmp_path):
 
 
 def test_read_result_chains_and_keeps_read_errors(tmp_path, model_path):
-    from transforms import ImagesToProjector, ReadImages
+    from beam_projector import ImagesToProjector, ReadImages
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -76,7 +76,7 @@ def test_read_result_chains_and_keeps_read_errors(tmp_path, model_path):
 
 
 def test_bad_settings_and_model_fail_before_any_work(model_path, tmp_path):
-    from transforms import ImagesToProjector
+    from beam_projector import ImagesToProjector
 
     with pytest.raises(ValueError, match="max_items must be at least 1"):
         ImagesToProjector(output=str(tmp_path), model=model_path, max_items=0)
@@ -89,11 +89,28 @@ def test_bad_settings_and_model_fail_before_any_work(model_path, tmp_path):
         images | "Again" >> ImagesToProjector(output=str(tmp_path / "o"), model=model_path)
 
 
-def test_public_names():
-    import transforms
-
-    for name in transforms.__all__:
-        assert getattr(transforms, name).__doc__ or name.isupper(), name
+def test_public_names_resolve_lazily():
+    """Every exported name resolves to a documented object of the library,
+    and importing the package imports neither TensorFlow nor the CLI (a
+    worker unpickling a DoFn, or a user's pipeline, pays only for what it
+    uses)."""
+    import subprocess
+    import sys
+    probe = ("import sys, beam_projector;"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('tensorflow', 'keras') or m.startswith('beam_projector.pipeline')));"
+             "objs = [getattr(beam_projector, n) for n in beam_projector.__all__];"
+             "print(all(o.__doc__ and o.__module__.startswith('beam_projector.transforms')"
+             " for o in objs))")
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                         text=True).stdout.split("\n")
+    assert out[0] == "[]"
+    assert out[1] == "True"
+    import beam_projector
+    assert {"ImagesToProjector", "ReadImages", "SampleItems", "NeighborColumns"} <= set(
+        beam_projector.__all__)
+    with pytest.raises(AttributeError):
+        beam_projector.KeepFirstN   # noqa: B018 - removed: it was used nowhere
 
 
 def _append_norm_bucket(e):
@@ -106,8 +123,8 @@ def _append_norm_bucket(e):
 def test_after_embed_stage_adds_a_column(model_path, tmp_path):
     """The slot for stages between embedding and the write (e.g. neighbour
     columns): their appended values reach metadata.tsv under extra_columns."""
-    from pipeline.examples.from_rows import digit_rows
-    from transforms import ImagesToProjector
+    from beam_projector.pipeline.examples.from_rows import digit_rows
+    from beam_projector import ImagesToProjector
 
     out = str(tmp_path / "extra")
     rows = digit_rows(30)

@@ -41,7 +41,7 @@ def test_peak_memory_is_bounded_by_the_batch_not_by_n(tmp_path):
     out = str(tmp_path / "out")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     code, err, peak = support.peak_rss_mib(
-        [sys.executable, "-m", "pipeline.run", "--input", csv_path, "--model", model,
+        [sys.executable, "-m", "beam_projector", "--input", csv_path, "--model", model,
          "--embedding_layer", "embedding", "--output", out, "--max_items", str(COUNT),
          "--no_preview"], env=env, cwd=ROOT)
     assert code == 0, err[-3000:]
@@ -55,7 +55,7 @@ def _data_dir(out):
 
 
 def test_auto_batch_size_follows_the_input_pixels():
-    from transforms.inference import AUTO_BATCH_MAX, auto_batch_size
+    from beam_projector.transforms.inference import AUTO_BATCH_MAX, auto_batch_size
 
     assert auto_batch_size((224, 224)) == 6
     assert auto_batch_size((299, 299)) == 3
@@ -73,7 +73,7 @@ def test_default_batch_holds_less_than_a_large_one(tmp_path):
     peaks = {}
     for name, extra in (("auto", []), ("32", ["--batch_size", "32"])):
         code, err, peaks[name] = support.peak_rss_mib(
-            [sys.executable, "-m", "pipeline.run", "--input", csv_path, "--model", model,
+            [sys.executable, "-m", "beam_projector", "--input", csv_path, "--model", model,
              "--embedding_layer", "embedding", "--output", str(tmp_path / name),
              "--max_items", "64", "--no_preview", *extra], env=env, cwd=ROOT)
         assert code == 0, err[-3000:]
@@ -88,8 +88,8 @@ def test_a_block_is_decoded_whole_before_the_model_sees_any_of_it(monkeypatch):
     import threading
     import time
 
-    from transforms import decode
-    from transforms.items import ImageRef, Thumbnail
+    from beam_projector.transforms import decode
+    from beam_projector.transforms.items import ImageRef, Thumbnail
 
     finished = []
     lock = threading.Lock()

@@ -10,9 +10,9 @@ import time
 import pytest
 
 import support
-from pipeline.preflight import UsageError
+from beam_projector.pipeline.preflight import UsageError
 from support import run_pipeline
-from transforms import standalone, write
+from beam_projector.transforms import standalone, write
 from test_publish import snapshot, tiny_assets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ USER_CONFIG = '''embeddings {
 
 def cli(*args, timeout=300):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.run", *args], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "beam_projector", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stderr.strip().splitlines()
 

@@ -17,7 +17,7 @@ from apache_beam.runners.portability.stager import Stager
 from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-from pipeline.config import expand_config
+from beam_projector.pipeline.config import expand_config
 from support import check_live_projector, run_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,15 +73,16 @@ def monkeypatch_module():
     mp.undo()
 
 
-def test_sdist_ships_pipeline_transforms_and_configs(workflow_tarball):
+def test_sdist_ships_the_package_its_presets_and_the_lock(workflow_tarball):
     with tarfile.open(workflow_tarball) as tar:
         names = tar.getnames()
     root = names[0].split("/")[0]
     shipped = {n[len(root) + 1:] for n in names if n.startswith(root + "/")}
-    wanted = (_repo_files("pipeline/*.py") | _repo_files("transforms/*.py")
-              | _repo_files("configs/*.yaml") | {"setup.py", "README.md"})
-    assert {"configs/dataflow.yaml", "configs/flink.yaml", "pipeline/run.py",
-            "transforms/write.py"} <= wanted
+    tracked = subprocess.run(["git", "ls-files", "beam_projector", "configs"], cwd=REPO,
+                             check=True, capture_output=True, text=True).stdout.split()
+    wanted = {f for f in tracked if f.endswith((".py", ".yaml"))}
+    assert {"configs/dataflow.yaml", "beam_projector/pipeline/cli.py",
+            "beam_projector/__main__.py", "setup.py", "requirements.lock"} <= shipped
     assert not wanted - shipped, sorted(wanted - shipped)
     # nothing from the launcher's working tree beyond the package
     assert not [n for n in shipped if n.split("/")[0] in ("tests", "build", ".venv", "dags")]
@@ -89,21 +90,29 @@ def test_sdist_ships_pipeline_transforms_and_configs(workflow_tarball):
 
 def test_workers_can_install_the_sdist(workflow_tarball, tmp_path):
     """A worker runs `pip install workflow.tar.gz`; the installed copy must
-    import and carry the YAML presets as package data."""
+    import, run as ``python -m beam_projector`` and carry the YAML presets
+    as package data, found by name."""
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                     "--no-build-isolation", "--target", str(target), workflow_tarball],
                    check=True, capture_output=True)
-    assert sorted(p.name for p in (target / "configs").glob("*.yaml")) == \
+    # one package of its own (bin/ holds the beam-projector script)
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) \
+        == ["beam_projector", "bin"]
+    assert (target / "bin" / "beam-projector").exists()
+    assert sorted(p.name for p in (target / "beam_projector" / "configs").glob("*.yaml")) == \
         sorted(os.path.basename(p) for p in _repo_files("configs/*.yaml"))
-    probe = ("import importlib.resources, pipeline.run, transforms.write, configs;"
-             "print(pipeline.run.__file__);"
-             "print(importlib.resources.files(configs).joinpath('flink.yaml').read_text()[:1])")
+    probe = ("import beam_projector.pipeline.run, beam_projector.pipeline.config as c;"
+             "print(beam_projector.pipeline.run.__file__);"
+             "print(c.load_config('flink')['runner'])")
+    env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", probe], cwd=str(tmp_path), check=True,
-                         capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(target)}).stdout.split("\n")
+                         capture_output=True, text=True, env=env).stdout.split("\n")
     assert out[0].startswith(str(target))
-    assert out[1] == "#"
+    assert out[1] == "FlinkRunner"
+    usage = subprocess.run([sys.executable, "-m", "beam_projector", "--help"], cwd=str(tmp_path),
+                           check=True, capture_output=True, text=True, env=env).stdout
+    assert usage.startswith("usage: beam-projector")
 
 
 @pytest.fixture(scope="module")

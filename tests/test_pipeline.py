@@ -10,9 +10,9 @@ from PIL import Image
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
 from support import check_live_projector, load_tensor, run_pipeline, write_digits
-from transforms import projector
-from transforms.decode import decode_image, read_bytes
-from transforms.neighbors import neighbor_columns
+from beam_projector.transforms import projector
+from beam_projector.transforms.decode import decode_image, read_bytes
+from beam_projector.transforms.neighbors import neighbor_columns
 
 
 def load_logdir(out):

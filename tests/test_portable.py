@@ -148,7 +148,7 @@ def sdk_workers(pool_pid):
 def portable_cli(job_service, pool, *flags):
     """The real CLI as a user runs it from the repo root: the
     configs/portable_local.yaml preset, with this test's ports and data."""
-    argv = [sys.executable, "-m", "pipeline.run", "--config", "configs/portable_local.yaml",
+    argv = [sys.executable, "-m", "beam_projector", "--config", "configs/portable_local.yaml",
             "--job_endpoint", f"127.0.0.1:{job_service.port}",
             "--environment_config", f"127.0.0.1:{pool.port}", *flags]
     return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -277,7 +277,7 @@ def test_what_the_workers_run(rehearsal):
     names = [n for p in staged for n in tarfile.open(p).getnames()]
     # the sdist's folder is beam_projector-0.1.0 (setuptools normalises the
     # distribution name, PEP 625)
-    assert "beam_projector-0.1.0/pipeline/run.py" in names, names[:20]
+    assert "beam_projector-0.1.0/beam_projector/pipeline/run.py" in names, names[:20]
     workers = rehearsal["workers"]
     assert workers, "no SDK worker process was seen under the worker pool"
     site = os.path.realpath(os.path.join(VENV_BIN, ".."))

@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 import support
-from transforms import preview
-from transforms.items import Thumbnail
+from beam_projector.transforms import preview
+from beam_projector.transforms.items import Thumbnail
 
 
 def solid(rgb, w=16, h=16):

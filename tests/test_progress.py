@@ -8,8 +8,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import progress
-from pipeline.progress import (SUMMARY_NAME, LogProgress, next_report, progress_text,
+from beam_projector.pipeline import progress
+from beam_projector.pipeline.progress import (SUMMARY_NAME, LogProgress, next_report, progress_text,
                                tsv_hint_text, write_summary)
 
 
@@ -96,7 +96,7 @@ def test_a_failed_image_moves_the_total_down_and_its_refill_up_again(caplog):
     decode there is not coming (-1), the margin image chosen in its place is
     (+1). Changes pass no element on, and the stage still ends at 100 %,
     whichever order the change and the last element arrive in."""
-    from transforms.items import TotalChange
+    from beam_projector.transforms.items import TotalChange
 
     caplog.set_level(logging.INFO, logger="beam-projector")
     fn = progress._ProgressFn("embedded")

@@ -7,8 +7,8 @@ from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-from transforms import projector
-from transforms.items import Thumbnail
+from beam_projector.transforms import projector
+from beam_projector.transforms.items import Thumbnail
 
 
 @pytest.mark.parametrize("n,per_side", [(1, 1), (2, 2), (4, 2), (5, 3), (9, 3), (10, 4),

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from support import check_live_projector, run_pipeline
-from transforms.staging import STAGING_PREFIX
-from transforms import write
-from transforms.items import Embedded, ImageRef, Thumbnail
+from beam_projector.transforms.staging import STAGING_PREFIX
+from beam_projector.transforms import write
+from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLER = r'''
 import os, signal, sys
 from apache_beam.io.filesystems import FileSystems
-from transforms import write
+from beam_projector.transforms import write
 
 when = os.environ["KILL_WHEN"]
 seen = {"data": 0}
@@ -52,7 +52,7 @@ def rename(sources, destinations):
 
 write.write_stream = write_stream
 FileSystems.rename = staticmethod(rename)
-from pipeline.run import main
+from beam_projector.pipeline.run import main
 sys.exit(main(sys.argv[1:]))
 '''
 
@@ -146,7 +146,7 @@ def test_kill_at_every_publish_step_leaves_the_old_logdir(old_logdir, digits, mo
 # FIFOs without opening them), so the run is provably inside Decode.
 BLOCKER = r'''
 import sys
-from transforms import decode
+from beam_projector.transforms import decode
 
 real = decode.read_bytes
 
@@ -157,7 +157,7 @@ def read_bytes(ref, *args, **kwargs):
     return real(ref, *args, **kwargs)
 
 decode.read_bytes = read_bytes
-from pipeline.run import main
+from beam_projector.pipeline.run import main
 sys.exit(main(sys.argv[1:]))
 '''
 

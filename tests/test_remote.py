@@ -21,7 +21,7 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-from pipeline.preflight import UsageError
+from beam_projector.pipeline.preflight import UsageError
 from support import run_pipeline
 
 SCHEME = "memtest"

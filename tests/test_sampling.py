@@ -6,8 +6,8 @@ import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.items import ImageRef
-from transforms.sampling import SampleItems, sample_key
+from beam_projector.transforms.items import ImageRef
+from beam_projector.transforms.sampling import SampleItems, sample_key
 
 
 def test_sample_key_is_deterministic_and_seeded():
@@ -124,7 +124,7 @@ def test_plan_then_refill_keeps_exactly_what_checking_everything_first_keeps():
     images as checking every image before the cut: the plan's survivors all
     stay kept (a failure only moves others up), and the refills are exactly
     the rest."""
-    from transforms.sampling import cut_without, first_cut, within_cut
+    from beam_projector.transforms.sampling import cut_without, first_cut, within_cut
 
     rng = np.random.default_rng(3)
     for trial in range(300):
@@ -148,7 +148,7 @@ def test_plan_then_refill_keeps_exactly_what_checking_everything_first_keeps():
 
 
 def test_the_cut_combiner_merges_bounded_partials_to_the_same_cut():
-    from transforms.sampling import FirstCutFn, first_cut
+    from beam_projector.transforms.sampling import FirstCutFn, first_cut
 
     rng = np.random.default_rng(5)
     pairs = [(f"l{i % 3}", (int(k), f"u{i}")) for i, k in enumerate(rng.permutation(5000))]
@@ -167,7 +167,7 @@ def test_the_cut_combiner_merges_bounded_partials_to_the_same_cut():
 
 
 def test_an_empty_cut_keeps_nothing():
-    from transforms.sampling import first_cut, within_cut
+    from beam_projector.transforms.sampling import first_cut, within_cut
 
     cut = first_cut([], 10)
     assert cut.count == 0 and not within_cut((1, "a"), None, cut)

@@ -15,11 +15,11 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that
 from PIL import Image
 
-from pipeline.preflight import UsageError
+from beam_projector.pipeline.preflight import UsageError
 from support import check_live_projector, run_pipeline
-from transforms import sources
-from transforms.sampling import SampleItems
-from transforms.neighbors import neighbor_columns
+from beam_projector.transforms import sources
+from beam_projector.transforms.sampling import SampleItems
+from beam_projector.transforms.neighbors import neighbor_columns
 
 
 def feature(value):
@@ -425,7 +425,7 @@ def test_stratified_sampling_is_per_label_bottom_k_and_capped_by_n(tmp_path):
             collect(out, tmp_path / "sample.pkl", "Collect")
         return load(tmp_path / "sample.pkl")
 
-    from transforms.sampling import sample_key
+    from beam_projector.transforms.sampling import sample_key
     per_label = sample(100, 5, seed=7)
     expect = []
     for label in "abc":

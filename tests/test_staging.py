@@ -5,8 +5,8 @@ import os
 import apache_beam as beam
 import numpy as np
 
-from transforms.items import Embedded, ImageRef, StagedThumbnail, Thumbnail
-from transforms.staging import LocalCopies, StageThumbnails, delete_staging, staging_dir
+from beam_projector.transforms.items import Embedded, ImageRef, StagedThumbnail, Thumbnail
+from beam_projector.transforms.staging import LocalCopies, StageThumbnails, delete_staging, staging_dir
 
 _OUT = []
 
@@ -49,7 +49,7 @@ def test_staged_thumbnails_read_back_identical(tmp_path):
 
 HOLDER = r"""
 import sys, time
-from transforms.staging import hold_staging
+from beam_projector.transforms.staging import hold_staging
 hold_staging(sys.argv[1])
 print("held", flush=True)
 time.sleep(600)
@@ -61,7 +61,7 @@ def test_sweep_takes_only_the_folders_of_dead_runs(tmp_path):
     import subprocess
     import sys
 
-    from transforms.staging import STAGING_PREFIX, hold_staging, sweep_dead_staging
+    from beam_projector.transforms.staging import STAGING_PREFIX, hold_staging, sweep_dead_staging
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     live, dead, mine = (staging_dir(str(tmp_path), r) for r in ("live", "dead", "mine"))
@@ -98,7 +98,7 @@ def test_remote_thumbnails_are_read_a_window_at_a_time(tmp_path, monkeypatch):
     import schemefs
     from apache_beam.io.filesystems import FileSystems
 
-    from transforms import staging
+    from beam_projector.transforms import staging
 
     monkeypatch.setenv("SCHEMEFS_ROOT", str(tmp_path))
     data = np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes()

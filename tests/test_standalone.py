@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import support
-from transforms import standalone
+from beam_projector.transforms import standalone
 
 
 def test_config_json_has_the_standalone_projector_fields():

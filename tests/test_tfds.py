@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from support import load_tensor, run_pipeline
-from transforms import sources
+from beam_projector.transforms import sources
 
 SHAPES = ["circle", "square", "triangle"]
 

@@ -45,7 +45,7 @@ class Thumbnail(NamedTuple):
     def from_image(cls, img) -> "Thumbnail":
         import numpy as np
 
-        from transforms.projector import encode_png
+        from beam_projector.transforms.projector import encode_png
         return cls(img.width, img.height, encode_png(np.asarray(img.convert("RGB"))))
 
     @classmethod
@@ -57,7 +57,7 @@ class Thumbnail(NamedTuple):
         """The thumbnail as a PIL RGB image."""
         from PIL import Image
 
-        from transforms.projector import decode_own_png
+        from beam_projector.transforms.projector import decode_own_png
         pixels = decode_own_png(self.png)
         if pixels is not None and pixels.shape == (self.height, self.width, 3):
             return Image.fromarray(pixels)
@@ -89,7 +89,7 @@ class StagedThumbnail(NamedTuple):
 
     @property
     def png(self) -> bytes:
-        from transforms.staging import read_range
+        from beam_projector.transforms.staging import read_range
         return read_range(self.path, self.offset, self.length)
 
     def image(self):

@@ -21,13 +21,13 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 
-from transforms import checks, sampling, sources, write
-from transforms.decode import CheckDecodes
-from transforms.inference import EmbedImages, ModelSpec, auto_batch_size
-from transforms.items import (DEFAULT_MAX_IMAGE_BYTES, METRICS_NAMESPACE, ErrorRow, ImageRef,
+from beam_projector.transforms import checks, sampling, sources, write
+from beam_projector.transforms.decode import CheckDecodes
+from beam_projector.transforms.inference import EmbedImages, ModelSpec, auto_batch_size
+from beam_projector.transforms.items import (DEFAULT_MAX_IMAGE_BYTES, METRICS_NAMESPACE, ErrorRow, ImageRef,
                               TotalChange)
-from transforms.projector import tile_size_for
-from transforms.staging import StageThumbnails, hold_staging, staging_dir
+from beam_projector.transforms.projector import tile_size_for
+from beam_projector.transforms.staging import StageThumbnails, hold_staging, staging_dir
 
 IMAGES, ERRORS, SUMMARY = "images", "errors", "summary"
 MARGIN = "margin"

@@ -23,11 +23,11 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import preview, projector, standalone
-from transforms.decode import release_free_memory
-from transforms.items import METRICS_NAMESPACE, Embedded, ErrorRow, order_key
-from transforms.lock import PublishLock, describe_io_error, is_local
-from transforms.staging import LocalCopies, delete_staging, staging_dir, sweep_dead_staging
+from beam_projector.transforms import preview, projector, standalone
+from beam_projector.transforms.decode import release_free_memory
+from beam_projector.transforms.items import METRICS_NAMESPACE, Embedded, ErrorRow, order_key
+from beam_projector.transforms.lock import PublishLock, describe_io_error, is_local
+from beam_projector.transforms.staging import LocalCopies, delete_staging, staging_dir, sweep_dead_staging
 
 LOG = logging.getLogger(__name__)
 CONFIG_NAME = "projector_config.pbtxt"

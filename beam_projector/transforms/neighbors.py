@@ -28,7 +28,7 @@ import apache_beam as beam
 import numpy as np
 from PIL import Image
 
-from transforms.items import Thumbnail, order_key
+from beam_projector.transforms.items import Thumbnail, order_key
 
 # The centre and PCA basis come from the first PCA_SAMPLE items in output
 # order: exact when N <= PCA_SAMPLE, a deterministic sample beyond.

@@ -17,9 +17,9 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.quiet import QUIET_ENV, quiet_pillow_warnings
-from transforms.items import METRICS_NAMESPACE, TotalChange
-from transforms.write import SUMMARY_NAME  # one name for the writer and the launcher
+from beam_projector.pipeline.quiet import QUIET_ENV, quiet_pillow_warnings
+from beam_projector.transforms.items import METRICS_NAMESPACE, TotalChange
+from beam_projector.transforms.write import SUMMARY_NAME  # one name for the writer and the launcher
 
 LOG = logging.getLogger("beam-projector")
 

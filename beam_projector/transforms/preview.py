@@ -16,7 +16,7 @@ from typing import Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from transforms.projector import fit_within
+from beam_projector.transforms.projector import fit_within
 
 MAX_PREVIEW_SIDE = 4096
 # Grid cells per point: sparse enough that clusters keep their shape, dense

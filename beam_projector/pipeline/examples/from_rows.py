@@ -4,7 +4,7 @@
 a Kafka topic dumped to files, a TFX ExampleGen): each element becomes
 ``(encoded image bytes, {column: value})``.
 
-    python -m pipeline.examples.from_rows --model m.keras --layer embedding --output logs/rows
+    python -m beam_projector.pipeline.examples.from_rows --model m.keras --layer embedding --output logs/rows
 """
 import argparse
 import io
@@ -12,7 +12,7 @@ import io
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms import ImagesToProjector
+from beam_projector import ImagesToProjector
 
 
 def digit_rows(count=300):

@@ -4,7 +4,7 @@
 its dead letters (``read.errors``) go into the logdir's errors.tsv with the
 rest. Here a ``parity`` column is derived from ``label`` with ``beam.Map``.
 
-    python -m pipeline.examples.from_csv --input images.csv --model m.keras \
+    python -m beam_projector.pipeline.examples.from_csv --input images.csv --model m.keras \
         --layer embedding --output logs/csv
 """
 import argparse
@@ -12,7 +12,7 @@ import argparse
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms import ImagesToProjector, ReadImages
+from beam_projector import ImagesToProjector, ReadImages
 
 
 def with_parity(ref, label_index):

@@ -11,9 +11,9 @@ from typing import NamedTuple, Optional, Tuple
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import checks, projector, sources, write
-from transforms.inference import ModelSpec
-from transforms.sampling import failure_margin, sample_sizes  # noqa: F401 - failure_margin: re-exported
+from beam_projector.transforms import checks, projector, sources, write
+from beam_projector.transforms.inference import ModelSpec
+from beam_projector.transforms.sampling import failure_margin, sample_sizes  # noqa: F401 - failure_margin: re-exported
 
 
 class UsageError(ValueError):

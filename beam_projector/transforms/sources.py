@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.items import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE, ErrorRow,
+from beam_projector.transforms.items import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE, ErrorRow,
                               ImageRef)
 
 

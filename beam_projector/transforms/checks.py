@@ -10,8 +10,8 @@ from typing import Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import write
-from transforms.inference import ModelSpec, shared_embedding_model
+from beam_projector.transforms import write
+from beam_projector.transforms.inference import ModelSpec, shared_embedding_model
 
 MIN_TILE, MAX_TILE = 8, 1024
 

@@ -36,8 +36,8 @@ from typing import Dict, List, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.items import StagedThumbnail
-from transforms.lock import describe_io_error, is_local
+from beam_projector.transforms.items import StagedThumbnail
+from beam_projector.transforms.lock import describe_io_error, is_local
 
 LOG = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from transforms.decode import DecodeForModelFn, as_side_input, release_free_memory
-from transforms.items import DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE, Embedded, ErrorRow
+from beam_projector.transforms.decode import DecodeForModelFn, as_side_input, release_free_memory
+from beam_projector.transforms.items import DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE, Embedded, ErrorRow
 
 PIXEL_SCALES = ("raw", "unit", "symmetric")
 # --pool: how an output with spatial axes (batch, H, W, C) becomes one vector
@@ -475,7 +475,7 @@ class EmbeddingModelHandler(ModelHandler):
 
     def load_model(self) -> EmbeddingModel:
         if os.environ.get("BEAM_PROJECTOR_QUIET"):  # a local worker process of a quiet run
-            from pipeline.quiet import import_tensorflow_quietly
+            from beam_projector.pipeline.quiet import import_tensorflow_quietly
             import_tensorflow_quietly(None)
         return shared_embedding_model(self._spec)
 

@@ -19,8 +19,8 @@ import yaml
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-import pipeline.options  # noqa: F401 - registers ProjectorOptions (and --config) with Beam
-from pipeline.preflight import UsageError
+import beam_projector.pipeline.options  # noqa: F401 - registers ProjectorOptions (and --config) with Beam
+from beam_projector.pipeline.preflight import UsageError
 
 CONFIG_FLAG = "--config"
 
@@ -68,15 +68,38 @@ def config_path(argv: Sequence[str]) -> Optional[str]:
     return found
 
 
+def presets() -> Dict[str, str]:
+    """The ready-made configs shipped as package data: name -> file path.
+    They are the repository's ``configs/*.yaml``, installed with the
+    package, so ``--config dataflow`` works from a wheel too."""
+    import importlib.resources
+
+    folder = importlib.resources.files("beam_projector.configs")
+    return {entry.name[:-len(".yaml")]: str(entry) for entry in folder.iterdir()
+            if entry.name.endswith(".yaml")}
+
+
+def resolve_config(path: str) -> str:
+    """``path`` itself when it exists (or is a URI), else the preset of that
+    name (``dataflow`` or ``dataflow.yaml``), else ``path`` (whose read then
+    fails, listing the presets)."""
+    if "://" in path or FileSystems.exists(path):
+        return path
+    name = path[:-len(".yaml")] if path.endswith(".yaml") else path
+    return presets().get(name, path) if "/" not in name else path
+
+
 def load_config(path: str) -> dict:
-    """Read a YAML mapping through FileSystems (local path or gs://, ...)."""
+    """Read a YAML mapping through FileSystems (local path or gs://, ...), or
+    a preset by name (``resolve_config``)."""
     try:
-        with FileSystems.open(path) as f:
+        with FileSystems.open(resolve_config(path)) as f:
             data = yaml.safe_load(f.read().decode("utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from None
     except Exception as e:  # noqa: BLE001 - missing file, bad scheme: one line
-        raise ConfigError(f"cannot read config {path}: {e}") from None
+        raise ConfigError(f"cannot read config {path}: {e} (the presets, usable by name: "
+                          f"{', '.join(sorted(presets()))})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

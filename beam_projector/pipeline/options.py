@@ -8,13 +8,13 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.checks import MAX_TILE, MIN_TILE  # noqa: F401 - the tile range, declared once
-from transforms.decode import RESIZE_MODES
-from transforms.inference import PIXEL_SCALES, POOLS
-from transforms.items import DEFAULT_MAX_IMAGE_BYTES
-from transforms.neighbors import DEFAULT_DUPLICATE_THRESHOLD
-from transforms.sources import COMPRESSIONS
-from transforms.write import TENSOR_FORMATS
+from beam_projector.transforms.checks import MAX_TILE, MIN_TILE  # noqa: F401 - the tile range, declared once
+from beam_projector.transforms.decode import RESIZE_MODES
+from beam_projector.transforms.inference import PIXEL_SCALES, POOLS
+from beam_projector.transforms.items import DEFAULT_MAX_IMAGE_BYTES
+from beam_projector.transforms.neighbors import DEFAULT_DUPLICATE_THRESHOLD
+from beam_projector.transforms.sources import COMPRESSIONS
+from beam_projector.transforms.write import TENSOR_FORMATS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -214,7 +214,7 @@ def help_parser() -> argparse.ArgumentParser:
         prog=PROG, formatter_class=_HelpFormatter, allow_abbrev=False,
         usage=f"{PROG} --input IN --model MODEL --output LOGDIR [options]",
         description="Images + a TensorFlow model -> a TensorBoard Embedding Projector logdir "
-        "(tensor, metadata, sprite). Also: python -m pipeline.run.",
+        "(tensor, metadata, sprite). Also: python -m beam_projector.",
         epilog=f"Beam's own options (--runner, --direct_num_workers, Dataflow, Flink, ...) are "
         f"accepted too; list them with: {PROG} {BEAM_HELP_FLAG}")
     ProjectorOptions._add_argparse_args(parser)  # noqa: SLF001 - the one declaration

@@ -27,9 +27,9 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image, ImageFile, ImageOps
 
-from transforms.items import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE,
+from beam_projector.transforms.items import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE,
                               ErrorRow, ImageRef, Thumbnail)
-from transforms.projector import fit_within
+from beam_projector.transforms.projector import fit_within
 
 RESIZE_MODES = ("pad", "crop", "stretch")
 # Pillow's own guard (about 179M pixels raises) stays on; we turn its warning
@@ -359,7 +359,7 @@ def _quiet_if_asked() -> None:
     """In a local worker process of a quiet run (pipeline/quiet.py), install
     its Pillow warning filter before this process decodes anything."""
     if os.environ.get("BEAM_PROJECTOR_QUIET"):
-        from pipeline.quiet import quiet_pillow_warnings
+        from beam_projector.pipeline.quiet import quiet_pillow_warnings
         quiet_pillow_warnings()
 
 

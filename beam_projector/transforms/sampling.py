@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 
 import apache_beam as beam
 
-from transforms.items import ImageRef, order_key
+from beam_projector.transforms.items import ImageRef, order_key
 
 
 def sample_key(uid: str, seed: int) -> int:

@@ -1,0 +1,93 @@
+"""The command: ``beam-projector`` and ``python -m beam_projector``.
+
+Help, ``--config``, quiet logging, then ``run``; every failure becomes one
+line on stderr and an exit code (2: usage, found before any work; 1: the
+job failed).
+"""
+import logging
+import re
+import sys
+from typing import List, Optional
+
+from beam_projector.pipeline.config import expand_config
+from beam_projector.pipeline.options import format_beam_help, format_help, help_requested
+from beam_projector.pipeline.preflight import UsageError
+from beam_projector.pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
+
+LOG = logging.getLogger("beam-projector")
+
+
+# All Beam's data plane says when an SDK worker dies mid-bundle (killed, out
+# of memory, a crashed native library); the Job API relays it as the error.
+_WORKER_LOST = "Channel closed prematurely"
+
+
+def _explain_failure(line: str) -> str:
+    """Name a lost SDK worker plainly; other failure lines pass unchanged."""
+    if _WORKER_LOST in line:
+        return ("an SDK worker was lost before the job finished (its process died or its "
+                f"connection closed: {_WORKER_LOST}); no partial logdir is published, "
+                "rerun the job")
+    return line
+
+
+# "ValueError: msg", "transforms.write.TooManyErrors: msg": the line of a
+# traceback's text that states the error.
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*(?:Error|Errors|Exception|Failure)):\s*(\S.*)$")
+# Lines that frame an error without saying what it is.
+_FRAMING = re.compile(r"^(Traceback \(most recent call last\):|in user code:|File \".*|\^+|~+)$")
+
+
+def failure_line(text: str, type_name: str, limit: int = 300) -> str:
+    """The one line of a failure's message worth printing.
+
+    Beam re-raises a worker's exception with `` [while running 'Step']``
+    appended (often on a line of its own) and sometimes with the worker's
+    traceback as text; TensorFlow puts whole tensors in messages. So: drop the
+    step names, then prefer the last ``SomeError: message`` line (the root
+    cause in a traceback), else the first line that is not traceback framing,
+    else the exception's type; printable and at most ``limit`` characters.
+    """
+    text = re.sub(r"\s*\[while running '[^']*'\]", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [m for m in map(_ERROR_LINE.match, lines) if m]
+    if errors:
+        line = f"{errors[-1].group(1)}: {errors[-1].group(2)}"
+    else:
+        line = next((line for line in lines if not _FRAMING.match(line)), type_name)
+    line = "".join(c if c.isprintable() else " " for c in line)
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wanted = help_requested(argv)
+    if wanted:
+        print(format_beam_help() if wanted == "beam" else format_help(), end="")
+        return 0
+    try:
+        argv = expand_config(argv)
+        # before anything imports TensorFlow (make_plan loads the model)
+        level = level_from_argv(argv)
+        import_tensorflow_quietly(level)
+        configure_logging(level)
+        from beam_projector.pipeline.run import run   # imports Beam's runners, TensorFlow
+        summary = run(argv)
+    except UsageError as e:
+        print(f"beam-projector: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - one clear line, the traceback is in the log
+        LOG.debug("run failed", exc_info=True)
+        print(f"beam-projector: failed: "
+              f"{_explain_failure(failure_line(str(e), type(e).__name__))}", file=sys.stderr)
+        return 1
+    tfds = summary.get("tfds")
+    source = (f" from TFDS {tfds['name']} {tfds['version']} split {tfds['split']}"
+              if tfds else "")
+    print("beam-projector: read={read} sampled={sampled} decoded={decoded} embedded={embedded} "
+          "written={written} failed={failed} in {seconds}s".format(**summary) + source)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
