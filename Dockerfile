@@ -4,7 +4,7 @@
 # TensorFlow pins preinstalled, so workers start in seconds instead of
 # installing TensorFlow from setup.py on every boot.
 #
-# Build from the repository root (README, "Worker image"; not built on the
+# Build from the repository root (docs/deploying.md, "Worker image"; not built on the
 # machines this project is developed on, which have no Docker):
 #   docker build -t REGISTRY/beam-projector-worker:0.1.0 .
 # The base tag follows requirements.lock: its apache-beam version and the

@@ -20,12 +20,12 @@ import importlib
 # first use, so ``import beam_projector`` (the CLI's first import, every
 # worker's unpickling) does not pull in TensorFlow.
 _PUBLIC = {
-    "ReadImages": "api", "ReadResult": "api", "ImagesToProjector": "api",
-    "ProjectorResult": "api",
+    "ReadImages": "sources.read", "ReadResult": "sources.read",
+    "ImagesToProjector": "composite", "ProjectorResult": "composite",
     "SampleItems": "sampling",
     "NeighborColumns": "neighbors",
-    "ModelSpec": "inference",
-    "ImageRef": "items", "Embedded": "items", "ErrorRow": "items",
+    "ModelSpec": "model", "Settings": "settings",
+    "ImageRef": "records", "Embedded": "records", "ErrorRow": "records",
 }
 __all__ = sorted(_PUBLIC)
 

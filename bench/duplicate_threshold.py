@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from beam_projector.pipeline.demo import COPY_KINDS, plant_faults  # noqa: E402
-from beam_projector.transforms import projector  # noqa: E402
-from beam_projector.transforms.decode import decode_image  # noqa: E402
+from beam_projector.transforms import projector
+from beam_projector.transforms.images import decode_image  # noqa: E402
 from beam_projector.transforms.neighbors import pixel_distance, signature  # noqa: E402
 
 THRESHOLDS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20)

@@ -164,10 +164,10 @@ def boundary_bytes(csv_path, count=200, model_side=224, tile=100):
     over ``count`` photos, with the coder Beam picks for these elements."""
     import apache_beam as beam
 
-    from beam_projector.transforms import decode
+    from beam_projector.transforms import images
     import hashlib
 
-    from beam_projector.transforms.items import Embedded, ImageRef, StagedThumbnail
+    from beam_projector.transforms.records import Embedded, ImageRef, StagedThumbnail
     from beam_projector.transforms.sampling import sample_key
 
     coder = beam.coders.registry.get_coder(object)
@@ -178,8 +178,8 @@ def boundary_bytes(csv_path, count=200, model_side=224, tile=100):
     for path in rows:
         ref = ImageRef(uid=path, ref=path, content=None, metadata=(path, "label"),
                        key=sample_key(path, 0))
-        data = decode.read_bytes(path)
-        pixels, thumb = decode.decode_image(data, (model_side, model_side), tile)
+        data = images.read_bytes(path)
+        pixels, thumb = images.decode_image(data, (model_side, model_side), tile)
         sizes["ref"].append(len(coder.encode(ref)))
         # the old graph carried the thumbnail as raw RGB
         old_thumb = (thumb.width, thumb.height, thumb.rgb)

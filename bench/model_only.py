@@ -36,7 +36,7 @@ def main():
     ap.add_argument("--tile", type=int, default=100)
     ap.add_argument("--resize", default="pad")
     ap.add_argument("--freeze", action="store_true",
-                    help="the model frozen as the pipeline runs it (transforms.inference.freeze)")
+                    help="the model frozen as the pipeline runs it (beam_projector.transforms.model.freeze)")
     ap.add_argument("--dynamic", action="store_true",
                     help="trace with an open batch dimension (the pipeline traces one fixed "
                     "batch shape and pads the last batch)")
@@ -46,7 +46,7 @@ def main():
     import keras
     import tensorflow as tf
 
-    from beam_projector.transforms.decode import decode_image, read_bytes
+    from beam_projector.transforms.images import decode_image, read_bytes
 
     model = keras.saving.load_model(args.model, compile=False)
     out = model.get_layer(args.layer).output if args.layer else model.outputs[0]
@@ -60,7 +60,7 @@ def main():
         return [sub(x, training=False)]
 
     if args.freeze:
-        from beam_projector.transforms.inference import freeze
+        from beam_projector.transforms.model import freeze
         frozen = freeze(embed.get_concrete_function(), (args.batch,) + shape, tf.float32,
                         args.model)
         if frozen is None:

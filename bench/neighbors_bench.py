@@ -55,7 +55,7 @@ def vectors(start: int, count: int):
 
 
 def make_chunk(chunk: int, n: int):
-    from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
+    from beam_projector.transforms.records import Embedded, ImageRef, Thumbnail
 
     start = chunk * CHUNK
     count = min(CHUNK, n - start)

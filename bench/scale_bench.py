@@ -94,7 +94,7 @@ def sample_child(argv):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_projector.transforms.sampling import SampleItems
-    from beam_projector.transforms.sources import ReadCsv
+    from beam_projector.transforms.sources.csv_files import ReadCsv
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kept = beam.metrics.Metrics.counter("bench", "sampled")
@@ -162,7 +162,7 @@ def synthetic_items(n: int, dims: int, tile: int, seed: int = 0):
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
+    from beam_projector.transforms.records import Embedded, ImageRef, Thumbnail
     from beam_projector.transforms.projector import fit_within
     from beam_projector.transforms.sampling import sample_key
 
@@ -185,7 +185,11 @@ def synthetic_items(n: int, dims: int, tile: int, seed: int = 0):
 
 def bench_writer(args, formats=("tsv", "binary")):
     from beam_projector.transforms import projector
-    from beam_projector.transforms.write import WriterConfig, build_assets, publish, select_for_publish
+    from beam_projector.transforms.write.config import WriterConfig
+    from beam_projector.transforms.settings import Settings
+    from beam_projector.transforms.write.assets import build_assets
+    from beam_projector.transforms.write.publish import publish
+    from beam_projector.transforms.write.stage import select_for_publish
 
     tile = projector.tile_size_for(args.items, args.tile)
     t0 = time.perf_counter()
@@ -199,7 +203,8 @@ def bench_writer(args, formats=("tsv", "binary")):
             out = os.path.join(args.workdir, f"logdir-{fmt}")
             shutil.rmtree(out, ignore_errors=True)  # else publish finds the folder and skips it
             cfg = WriterConfig(output=out, columns=("path", "label"), tensor_names=(TENSOR_NAME,),
-                               tile=tile, max_items=args.items, tensor_format=fmt)
+                               settings=Settings(tile_size=tile, max_items=args.items,
+                                                 tensor_format=fmt))
             # the pipeline's defaults for every other field, as a plain run writes
             t0 = time.perf_counter()
             kept, _, reported = select_for_publish(items, [], cfg.max_items)
@@ -231,6 +236,7 @@ def bench_writer(args, formats=("tsv", "binary")):
 def writer_breakdown(items, tile, runs):
     """Median seconds of each part of build_assets, to show where the time goes."""
     from beam_projector.transforms import projector
+    from beam_projector.transforms import png
 
     parts = {
         "stack_vectors": lambda: np.stack([e.vectors[0] for e in items]).astype(np.float32),
@@ -242,7 +248,7 @@ def writer_breakdown(items, tile, runs):
                                                           [e.item.metadata for e in items])
     parts["assemble_sprite"] = lambda: projector.assemble_sprite([e.thumbnail for e in items], tile)
     sprite = parts["assemble_sprite"]()
-    parts["sprite_png"] = lambda: projector.png_bytes(sprite)
+    parts["sprite_png"] = lambda: png.png_bytes(sprite)
     try:  # preview.png (a PCA map of the thumbnails), where the writer makes one
         from beam_projector.transforms import preview
     except ImportError:
@@ -252,7 +258,7 @@ def writer_breakdown(items, tile, runs):
         parts["preview_pca"] = lambda: preview.pca_2d(matrix)
         coords = parts["preview_pca"]()
         parts["preview_grid_layout"] = lambda: preview.grid_layout(coords, grid)
-        parts["preview_whole_incl_pca"] = lambda: projector.png_bytes(
+        parts["preview_whole_incl_pca"] = lambda: png.png_bytes(
             preview.render_preview([e.thumbnail for e in items], matrix, tile))
     out = {}
     for name, fn in parts.items():

@@ -39,8 +39,12 @@ def main():
 
     import numpy as np
 
-    from beam_projector.transforms import decode, write
-    from beam_projector.transforms.items import Embedded, ImageRef
+    from beam_projector.transforms import images
+    from beam_projector.transforms.write import config as write_config
+    from beam_projector.transforms.settings import Settings
+    from beam_projector.transforms.write import assets
+    from beam_projector.transforms.write import publish
+    from beam_projector.transforms.records import Embedded, ImageRef
 
     files = sorted(glob.glob(os.path.join(args.photos, "images", "*.jpg")))[:args.n]
     if len(files) < args.n:
@@ -49,19 +53,22 @@ def main():
     kept = []
     for i, path in enumerate(files):
         with open(path, "rb") as f:
-            thumb = decode.decode_image(f.read(), (224, 224), args.tile)[1]
+            thumb = images.decode_image(f.read(), (224, 224), args.tile)[1]
         item = ImageRef(path, path, None, (f"label{i % 8}", os.path.basename(path)), key=i)
         kept.append(Embedded(item, thumb, (rng.random(args.dim).astype(np.float32),)))
     rows = []
     for run in range(args.runs):
         out = tempfile.mkdtemp(prefix="writer-bench-")
         try:
-            cfg = write.WriterConfig(output=out, columns=("label", "file"), tensor_names=("emb",),
-                                     tile=args.tile, max_items=args.n, run_id=f"bench{run}")
+            cfg = write_config.WriterConfig(output=out, columns=("label", "file"),
+                                            tensor_names=("emb",),
+                                            settings=Settings(tile_size=args.tile,
+                                                              max_items=args.n),
+                                            run_id=f"bench{run}")
             t0 = time.perf_counter()
-            assets = write.build_assets(kept, cfg)
+            assets = assets.build_assets(kept, cfg)
             t1 = time.perf_counter()
-            write.publish(assets, cfg, [])
+            publish.publish(assets, cfg, [])
             t2 = time.perf_counter()
         finally:
             shutil.rmtree(out, ignore_errors=True)

@@ -17,8 +17,8 @@ import pytest
 from apache_beam.io.filesystem import FileMetadata, FileSystem
 from PIL import Image
 
-from beam_projector.transforms.decode import ImageError, read_bytes
-from beam_projector.transforms.items import DEFAULT_MAX_IMAGE_BYTES
+from beam_projector.transforms.images import ImageError, read_bytes
+from beam_projector.transforms.records import DEFAULT_MAX_IMAGE_BYTES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARD_RSS_KB = 4 * 1024 * 1024    # the watchdog kills the child above 4 GiB ...

@@ -15,8 +15,15 @@ import pytest
 from PIL import Image
 
 from support import check_live_projector
-from beam_projector.transforms import lock, projector, write
-from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
+from beam_projector.transforms.write import lock
+from beam_projector.transforms.write import layout
+from beam_projector.transforms.write import config as write_config
+from beam_projector.transforms.write import publish
+from beam_projector.transforms.write import assets
+from beam_projector.transforms.write import ownership
+from beam_projector.transforms import projector
+from beam_projector.transforms.records import Embedded, ImageRef, Thumbnail
+from beam_projector.transforms.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,16 +33,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHER = r'''
 import os, signal, sys, time, random
 import numpy as np
-from beam_projector.transforms import write
-from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
+from beam_projector.transforms.records import Embedded, ImageRef, Thumbnail
+from beam_projector.transforms.settings import Settings
+from beam_projector.transforms.write import assets, layout, publish
+from beam_projector.transforms.write import config as write_config
 
 out, seed, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 kill_at = int(os.environ.get("KILL_AT", "0"))
-real = write.write_bytes
+real = publish.write_bytes
 seen = [0]
 
 def slow_write(path, data):
-    if "/" + write.DATA_PREFIX in path:
+    if "/" + layout.DATA_PREFIX in path:
         seen[0] += 1
         if seen[0] == kill_at:
             real(path, data[: len(data) // 2])
@@ -49,8 +58,9 @@ def slow_stream(path, produce):
     produce(buf)
     return slow_write(path, buf.getvalue())
 
-write.write_bytes = slow_write
-write.write_stream = slow_stream
+# the names publish writes through (it imports them from transforms.files)
+publish.write_bytes = slow_write
+publish.write_stream = slow_stream
 rng = random.Random(seed)
 for k in range(count):
     time.sleep(rng.uniform(0, 0.3))
@@ -58,9 +68,11 @@ for k in range(count):
     items = [Embedded(ImageRef(f"u{i}", f"img{i}.png", None, (f"img{i}.png",), key=i + 1),
                       Thumbnail.from_rgb(2, 2, bytes([(seed * 7 + i) % 256] * 12)),
                       (np.full(4, seed * 100 + k + i, dtype=np.float32),)) for i in range(n)]
-    cfg = write.WriterConfig(output=out, columns=("path",), tensor_names=("emb",), tile=8,
-                             max_items=n, tensor_format="binary", run_id=f"r{seed}x{k}")
-    write.publish(write.build_assets(items, cfg), cfg, [])
+    cfg = write_config.WriterConfig(output=out, columns=("path",), tensor_names=("emb",),
+                                    settings=Settings(tile_size=8, max_items=n,
+                                                      tensor_format="binary"),
+                                    run_id=f"r{seed}x{k}")
+    publish.publish(assets.build_assets(items, cfg), cfg, [])
 print("done", flush=True)
 '''
 
@@ -68,12 +80,12 @@ print("done", flush=True)
 def folder_problem(out):
     """None when the config points at a complete folder, else what is wrong.
     A change of config during the check (a newer publish) is not a problem."""
-    config_path = os.path.join(out, write.CONFIG_NAME)
+    config_path = os.path.join(out, layout.CONFIG_NAME)
     try:
         text = open(config_path).read()
     except FileNotFoundError:
         return None
-    folder = write._referenced_data_dir(text)
+    folder = ownership.referenced_data_dir(text)
     problem = None
     try:
         embedding = projector.parse_projector_config(text).embeddings[0]
@@ -82,8 +94,8 @@ def folder_problem(out):
         tensor = open(os.path.join(out, tensor_path), "rb").read()
         rows = (len(tensor) // (4 * shape[1]) if tensor_path.endswith(".bytes")
                 else len(tensor.decode().splitlines()))
-        meta = open(os.path.join(out, folder, write.METADATA_NAME)).read().splitlines()
-        Image.open(os.path.join(out, folder, write.SPRITE_NAME)).load()
+        meta = open(os.path.join(out, folder, layout.METADATA_NAME)).read().splitlines()
+        Image.open(os.path.join(out, folder, layout.SPRITE_NAME)).load()
         header = 1 if meta and "\t" in meta[0] else 0   # two or more columns: a header row
         if rows != shape[0] or len(meta) - header != shape[0]:
             problem = f"{folder} partial: {rows} tensor rows, {len(meta)} metadata rows, {shape}"
@@ -106,10 +118,10 @@ def watch(out, stop, problems):
 
 def assert_tidy(out):
     assert folder_problem(out) is None
-    live = write._referenced_data_dir(open(os.path.join(out, write.CONFIG_NAME)).read())
-    data = sorted(d for d in os.listdir(out) if d.startswith(write.DATA_PREFIX))
+    live = ownership.referenced_data_dir(open(os.path.join(out, layout.CONFIG_NAME)).read())
+    data = sorted(d for d in os.listdir(out) if d.startswith(layout.DATA_PREFIX))
     assert data == [live]
-    manifest = write.read_manifest(out)
+    manifest = ownership.read_manifest(out)
     assert manifest["data"] == [live] and manifest["pending"] == []
     assert not [n for n in os.listdir(out) if ".tmp-" in n]
 
@@ -149,28 +161,39 @@ def test_a_killed_publisher_blocks_nothing_and_is_swept(tmp_path):
     first = subprocess.run([sys.executable, str(script), out, "1", "1"], cwd=ROOT, env=env(),
                            capture_output=True, timeout=300)
     assert first.returncode == 0, first.stderr.decode()[-2000:]
-    before_config = open(os.path.join(out, write.CONFIG_NAME)).read()
+    before_config = open(os.path.join(out, layout.CONFIG_NAME)).read()
     killed = subprocess.run([sys.executable, str(script), out, "2", "1"], cwd=ROOT,
                             env=dict(env(), KILL_AT="2"), capture_output=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     # the killed run held the lock and left a claimed, half-written folder
-    assert open(os.path.join(out, write.CONFIG_NAME)).read() == before_config
-    assert len([d for d in os.listdir(out) if d.startswith(write.DATA_PREFIX)]) == 2
-    assert len(write.read_manifest(out)["pending"]) == 1
-    started = time.monotonic()
+    assert open(os.path.join(out, layout.CONFIG_NAME)).read() == before_config
+    assert len([d for d in os.listdir(out) if d.startswith(layout.DATA_PREFIX)]) == 2
+    assert len(ownership.read_manifest(out)["pending"]) == 1
+    assert flock_state(out) == "free"       # the kernel released the dead run's flock
     with lock.PublishLock(out, wait_s=5):
-        pass                                    # the kernel released the dead run's flock
-    assert time.monotonic() - started < 5
+        assert flock_state(out) == "held"   # ours now
     again = subprocess.run([sys.executable, str(script), out, "3", "1"], cwd=ROOT, env=env(),
                            capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr.decode()[-2000:]
     assert_tidy(out)
 
 
+def flock_state(out):
+    """Whether another process finds OUT's publish lock held ("held") or
+    can take it ("free"): asked from a child process, since flock locks are
+    per open file and a process's own lock would not show."""
+    probe = ("import fcntl, sys\n"
+             "f = open(sys.argv[1], 'a')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print('free')\n"
+             "except OSError:\n    print('held')\n")
+    return subprocess.run([sys.executable, "-c", probe, os.path.join(out, lock.LOCK_NAME)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_a_live_lock_holder_makes_others_wait(tmp_path):
     out = str(tmp_path / "out")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from beam_projector.transforms import lock\n"
+        [sys.executable, "-c", "import sys, time; from beam_projector.transforms.write import lock\n"
          "with lock.PublishLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)",
          out], cwd=ROOT, env=env(), stdout=subprocess.PIPE)
     try:
@@ -181,8 +204,8 @@ def test_a_live_lock_holder_makes_others_wait(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    with lock.PublishLock(out, wait_s=5):
-        pass
+    with lock.PublishLock(out, wait_s=5):   # a killed holder's flock is gone at once
+        assert flock_state(out) == "held"
 
 
 # --- object stores: the lease ---------------------------------------------------------
@@ -205,16 +228,25 @@ def put_lease(out, **lease):
         f.write(json.dumps(lease).encode())
 
 
+def read_lease(out):
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(out + "/" + lock.LOCK_NAME) as f:
+        return json.loads(f.read().decode())
+
+
 def test_a_lease_of_a_dead_or_expired_holder_is_taken_a_live_one_waited_for(memtest):
     dead = subprocess.Popen(["true"])
     dead.wait()
     put_lease(memtest, owner="killed", host=lock._host(), pid=dead.pid,
               expires=time.time() + 3600)
     with lock.PublishLock(memtest, wait_s=5, settle_s=0.1):
-        pass
+        assert read_lease(memtest)["pid"] == os.getpid()     # taken over: the lease is ours
     put_lease(memtest, owner="elsewhere", host="another-host", pid=1, expires=time.time() - 1)
     with lock.PublishLock(memtest, wait_s=5, settle_s=0.1):
-        pass
+        lease = read_lease(memtest)
+        assert (lease["pid"], lease["host"]) == (os.getpid(), lock._host())
+        assert lease["expires"] > time.time()
     put_lease(memtest, owner="alive", host=lock._host(), pid=os.getpid(),
               expires=time.time() + 3600)
     with pytest.raises(lock.LockTimeout, match=f"if no such run is alive, delete .*{lock.LOCK_NAME}"):
@@ -243,10 +275,11 @@ def test_concurrent_publishes_on_an_object_store(memtest, monkeypatch):
                                   Thumbnail.from_rgb(2, 2, bytes([seed * 20 + i] * 12)),
                                   (np.full(4, seed * 10 + k + i, dtype=np.float32),))
                          for i in range(n)]
-                cfg = write.WriterConfig(output=memtest, columns=("path",),
-                                         tensor_names=("emb",), tile=8, max_items=n,
-                                         tensor_format="binary", run_id=f"t{seed}x{k}")
-                write.publish(write.build_assets(items, cfg), cfg, [])
+                cfg = write_config.WriterConfig(
+                    output=memtest, columns=("path",), tensor_names=("emb",),
+                    settings=Settings(tile_size=8, max_items=n, tensor_format="binary"),
+                    run_id=f"t{seed}x{k}")
+                publish.publish(assets.build_assets(items, cfg), cfg, [])
         except Exception as e:  # noqa: BLE001
             errors.append(repr(e))
     threads = [threading.Thread(target=publisher, args=(s,)) for s in range(3)]
@@ -255,7 +288,7 @@ def test_concurrent_publishes_on_an_object_store(memtest, monkeypatch):
     for t in threads:
         t.join(300)
     assert errors == []
-    with FileSystems.open(memtest + "/" + write.CONFIG_NAME) as f:
+    with FileSystems.open(memtest + "/" + layout.CONFIG_NAME) as f:
         config = text_format.Parse(f.read().decode(), ProjectorConfig())
     emb = config.embeddings[0]
     folder = emb.tensor_path.split("/")[0]
@@ -266,8 +299,8 @@ def test_concurrent_publishes_on_an_object_store(memtest, monkeypatch):
     assert rows == emb.tensor_shape[0]
     listed = {m.path[len(memtest) + 1:].split("/")[0]
               for m in FileSystems.match([memtest + "/**"])[0].metadata_list}
-    assert {d for d in listed if d.startswith(write.DATA_PREFIX)} == {folder}
-    assert write.read_manifest(memtest)["data"] == [folder]
+    assert {d for d in listed if d.startswith(layout.DATA_PREFIX)} == {folder}
+    assert ownership.read_manifest(memtest)["data"] == [folder]
     assert lock.LOCK_NAME not in listed    # every lease released
 
 
@@ -289,7 +322,7 @@ def test_two_cli_runs_into_one_output(digits, model_path, tmp_path):
         assert p.returncode == 0, err.decode()[-2000:]
     assert_tidy(out)
     n = projector.parse_projector_config(
-        open(os.path.join(out, write.CONFIG_NAME)).read()).embeddings[0].tensor_shape[0]
-    shape = json.load(open(os.path.join(out, write.SUMMARY_NAME)))["counters"]["written"]
+        open(os.path.join(out, layout.CONFIG_NAME)).read()).embeddings[0].tensor_shape[0]
+    shape = json.load(open(os.path.join(out, layout.SUMMARY_NAME)))["counters"]["written"]
     assert shape == n   # the summary describes the projector that is live
     check_live_projector(out, n=n, dims={"embedding": 8}, tile=16)

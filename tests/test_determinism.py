@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from support import run_pipeline, tiny_model
-from beam_projector.transforms.inference import EmbeddingModelHandler, ModelSpec, load_embedding_model
+from beam_projector.transforms.inference import EmbeddingModelHandler
+from beam_projector.transforms.model import ModelSpec, load_embedding_model
 
 MAY_DIFFER = {"run_summary.json"}
 
@@ -127,9 +128,9 @@ def test_a_vector_does_not_depend_on_how_the_images_are_split(setup, tmp_path, m
     companions (a Dense layer on this CPU moves 64 of 64 rows at batch 1).
     Frozen and unfrozen, Keras file and SavedModel."""
     folder, data, model = setup
-    from beam_projector.transforms import inference
+    from beam_projector.transforms import model as model_module
     if not frozen:
-        monkeypatch.setattr(inference, "FREEZE_MAX_WEIGHT_BYTES", 0)
+        monkeypatch.setattr(model_module, "FREEZE_MAX_WEIGHT_BYTES", 0)
     if kind == "savedmodel":
         import keras
         exported = str(tmp_path / "exported")

@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from test_publish import snapshot
-from beam_projector.transforms import write
-from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
+from beam_projector.transforms.write import layout
+from beam_projector.transforms.write import ownership
+from beam_projector.transforms.write import config as write_config
+from beam_projector.transforms.write import assets
+from beam_projector.transforms.write import publish
+from beam_projector.transforms.settings import Settings
+from beam_projector.transforms.records import Embedded, ImageRef, Thumbnail
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,34 +78,36 @@ def test_a_run_that_fills_the_disk_names_the_file_and_removes_its_folder(
     os.remove(filler)
     code, err = cli(*common, "--max_items", "60", "--tile_size", "128")
     assert code == 0, err[-5:]
-    data = [d for d in os.listdir(out) if d.startswith(write.DATA_PREFIX)]
-    assert data == write.read_manifest(str(out))["data"] and len(data) == 1
+    data = [d for d in os.listdir(out) if d.startswith(layout.DATA_PREFIX)]
+    assert data == ownership.read_manifest(str(out))["data"] and len(data) == 1
 
 
 def assets_for(out, seed, n=6, preview_bytes=0):
     items = [Embedded(ImageRef(f"u{i}", f"i{i}", None, (f"i{i}",), key=i + 1),
                       Thumbnail.from_rgb(2, 2, bytes([seed * 20 + i] * 12)),
                       (np.full(4, seed + i / 7, dtype=np.float32),)) for i in range(n)]
-    cfg = write.WriterConfig(output=str(out), columns=("path",), tensor_names=("emb",), tile=8,
-                             max_items=n, tensor_format="binary", run_id=f"run{seed}")
-    assets = write.build_assets(items, cfg)
+    cfg = write_config.WriterConfig(output=str(out), columns=("path",), tensor_names=("emb",),
+                                    settings=Settings(tile_size=8, max_items=n,
+                                                      tensor_format="binary"),
+                                    run_id=f"run{seed}")
+    built = assets.build_assets(items, cfg)
     if preview_bytes:   # a preview too big for what is left on the disk
-        assets = assets._replace(preview_png=os.urandom(preview_bytes))
-    return assets, cfg
+        built = built._replace(preview_png=os.urandom(preview_bytes))
+    return built, cfg
 
 
 def test_an_extra_that_does_not_fit_fails_before_the_config_swap(small_disk):
     out = small_disk / "logdir"
     assets, cfg = assets_for(out, 1)
-    write.publish(assets, cfg, [])
+    publish.publish(assets, cfg, [])
     before = snapshot(str(out))
     fill(small_disk, 300 * 1024)
     # the data folder fits in 300 KB, the 1 MB preview does not
     assets, cfg = assets_for(out, 2, preview_bytes=1024 * 1024)
-    with pytest.raises(write.PublishError) as e:
-        write.publish(assets, cfg, [])
+    with pytest.raises(publish.PublishError) as e:
+        publish.publish(assets, cfg, [])
     msg = str(e.value)
-    assert msg.startswith(f"cannot write {out / write.PREVIEW_NAME}: [Errno 28]"), msg
+    assert msg.startswith(f"cannot write {out / layout.PREVIEW_NAME}: [Errno 28]"), msg
     assert "nothing published" in msg and f"removed its partial data-{assets.digest}/" in msg
     # still the previous projector, with its own preview, errors and summary
     assert snapshot(str(out)) == before

@@ -6,11 +6,12 @@ import apache_beam as beam
 import pytest
 
 from support import check_live_projector
-from beam_projector.transforms import projector, write
+from beam_projector.transforms import projector
+from beam_projector.transforms.write import layout
 
 
 def _config(out):
-    return projector.parse_projector_config(open(os.path.join(out, write.CONFIG_NAME)).read())
+    return projector.parse_projector_config(open(os.path.join(out, layout.CONFIG_NAME)).read())
 
 
 def _metadata(out):
@@ -53,7 +54,7 @@ def test_example_from_csv(digits, model_path, tmp_path):
     assert meta[0] == "path\tlabel\tparity" and len(meta) == 41
     assert all(p == ("even" if int(label) % 2 == 0 else "odd")
                for _, label, p in (line.split("\t") for line in meta[1:]))
-    errors = open(os.path.join(out, write.ERRORS_NAME)).read()
+    errors = open(os.path.join(out, layout.ERRORS_NAME)).read()
     assert f"{csv_path}:62\tread\tempty 'path' value" in errors   # read.errors reached it
     _check_live(out, 40)
 
@@ -71,7 +72,7 @@ def test_read_result_chains_and_keeps_read_errors(tmp_path, model_path):
             result = (p | ReadImages(str(csv_path))
                       | ImagesToProjector(output=out, model=model_path, layers=["embedding"]))
             assert set(result) == {"summary", "errors"}
-    errors = open(os.path.join(out, write.ERRORS_NAME)).read().splitlines()
+    errors = open(os.path.join(out, layout.ERRORS_NAME)).read().splitlines()
     assert len(errors) == 2 and "not-there.png" in errors[1]
 
 

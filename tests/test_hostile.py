@@ -13,7 +13,7 @@ from PIL import Image
 import hostile_corpus
 from support import check_live_projector, run_pipeline
 from beam_projector.transforms import projector
-from beam_projector.transforms.decode import ImageError, decode_image, read_bytes
+from beam_projector.transforms.images import ImageError, decode_image, read_bytes
 
 TILE = 24
 # Pillow warns when it opens the 100-megapixel bomb; decode refuses it.
@@ -216,7 +216,7 @@ def test_eps_without_ghostscript_is_unsupported_here_not_corrupt(monkeypatch):
     (OSError("broken data stream when reading image file"), None),
 ])
 def test_missing_decoder_reasons_name_what_is_missing(error, reason):
-    from beam_projector.transforms.decode import missing_decoder_reason
+    from beam_projector.transforms.images import missing_decoder_reason
     assert missing_decoder_reason("JPEG2000", error) == reason
 
 
@@ -274,7 +274,8 @@ def late_bad_csv(folder, digits, rows=1600):
 
 
 def test_late_bad_csv_rows_are_row_errors_naming_file_and_line(tmp_path, digits):
-    from beam_projector.transforms.sources import ERRORS_TAG, _ReadCsvFn
+    from beam_projector.transforms.records import ERRORS_TAG
+    from beam_projector.transforms.sources.csv_files import _ReadCsvFn
     path, bad = late_bad_csv(str(tmp_path), digits)
     out = list(_ReadCsvFn("path").process(path))
     errors = {e.value.ref: e.value for e in out if getattr(e, "tag", None) == ERRORS_TAG}
@@ -315,21 +316,22 @@ def comment_gif(blocks):
 
 
 def test_gif_with_millions_of_comment_blocks_is_refused_before_pillow(monkeypatch):
+    from beam_projector.transforms import images as image_decoding
     from beam_projector.transforms import decode
-    from beam_projector.transforms.items import ErrorRow, ImageRef
+    from beam_projector.transforms.records import ErrorRow, ImageRef
 
     data = comment_gif(2_000_000)
     assert len(data) > 4_000_000       # the hostile probe: 4 MB, ~49 s in Pillow
     # Refused before Pillow sees the bytes: parsing them is what takes the time.
-    monkeypatch.setattr(decode, "_open", lambda data: pytest.fail("Pillow was called"))
+    monkeypatch.setattr(image_decoding, "_open", lambda data: pytest.fail("Pillow was called"))
     row = decode._check_one(ImageRef("u", "slow.gif", data, ("slow.gif",), key=7), TILE)
     assert isinstance(row, ErrorRow) and (row.ref, row.stage, row.key) == ("slow.gif", "decode", 7)
-    assert f"more than {decode.MAX_GIF_EXTENSION_BLOCKS} extension data blocks" in row.reason
+    assert f"more than {image_decoding.MAX_GIF_EXTENSION_BLOCKS} extension data blocks" in row.reason
     assert "stall a worker" in row.reason
 
 
 def test_gifs_with_ordinary_comments_still_decode():
-    from beam_projector.transforms.decode import MAX_GIF_EXTENSION_BLOCKS
+    from beam_projector.transforms.images import MAX_GIF_EXTENSION_BLOCKS
     for blocks in (0, 3, MAX_GIF_EXTENSION_BLOCKS):
         pixels, thumb = _decode(comment_gif(blocks))
         assert pixels.shape == (16, 16, 3) and (thumb.width, thumb.height) == (TILE, TILE)

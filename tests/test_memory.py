@@ -6,7 +6,7 @@ over a few hundred photos, and the child's peak RSS is bounded. Decoding
 every sampled image for the model before the cut to N (the design before
 the flat-memory change) holds all of them at once: measured here for 400
 images, 2,561 MiB peak before against 1,539 MiB now, and 1,394 MiB now for
-10 images (BENCHMARKS.md, "Memory and shuffle").
+10 images (docs/benchmarks-history.md, "Memory and shuffle").
 """
 import os
 import sys
@@ -55,7 +55,7 @@ def _data_dir(out):
 
 
 def test_auto_batch_size_follows_the_input_pixels():
-    from beam_projector.transforms.inference import AUTO_BATCH_MAX, auto_batch_size
+    from beam_projector.transforms.model import AUTO_BATCH_MAX, auto_batch_size
 
     assert auto_batch_size((224, 224)) == 6
     assert auto_batch_size((299, 299)) == 3
@@ -89,7 +89,7 @@ def test_a_block_is_decoded_whole_before_the_model_sees_any_of_it(monkeypatch):
     import time
 
     from beam_projector.transforms import decode
-    from beam_projector.transforms.items import ImageRef, Thumbnail
+    from beam_projector.transforms.records import ImageRef, Thumbnail
 
     finished = []
     lock = threading.Lock()

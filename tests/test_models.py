@@ -9,8 +9,8 @@ from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
 from beam_projector.pipeline.preflight import UsageError
 from support import check_live_projector, load_tensor, run_pipeline
-from beam_projector.transforms.decode import decode_image, read_bytes
-from beam_projector.transforms.inference import ModelSpec, load_embedding_model
+from beam_projector.transforms.images import decode_image, read_bytes
+from beam_projector.transforms.model import ModelSpec, load_embedding_model
 
 SIDE = 16
 
@@ -233,7 +233,7 @@ def test_image_size_must_match_a_fixed_input(saved_model, digits, tmp_path):
 
 def test_two_input_and_four_channel_models_are_refused_when_loaded(tmp_path):
     from support import odd_model
-    from beam_projector.transforms.inference import ModelError
+    from beam_projector.transforms.model import ModelError
     two = odd_model(str(tmp_path / "two.keras"), "two_inputs")
     with pytest.raises(ModelError, match="takes 2 inputs \\('image', 'mask'\\); an image "
                                          "embedding model takes one image"):
@@ -255,7 +255,7 @@ def test_two_input_and_four_channel_models_are_refused_when_loaded(tmp_path):
 
 def test_one_dimensional_embedding_is_refused(tmp_path):
     from support import odd_model
-    from beam_projector.transforms.inference import ModelError
+    from beam_projector.transforms.model import ModelError
     path = odd_model(str(tmp_path / "one.keras"), "one_d")
     with pytest.raises(ModelError, match="'score' has shape \\(batch, 1\\): 1 dimension; the "
                                          "projector needs at least 2"):
@@ -264,7 +264,7 @@ def test_one_dimensional_embedding_is_refused(tmp_path):
 
 
 def test_corrupt_model_files_say_what_is_wrong(tmp_path, model_path):
-    from beam_projector.transforms.inference import ModelError
+    from beam_projector.transforms.model import ModelError
     truncated = tmp_path / "truncated.keras"
     truncated.write_bytes(open(model_path, "rb").read()[:3000])
     with pytest.raises(ModelError) as e:
@@ -277,7 +277,7 @@ def test_corrupt_model_files_say_what_is_wrong(tmp_path, model_path):
 
 
 def test_feature_map_layer_needs_pool(model_path):
-    from beam_projector.transforms.inference import ModelError
+    from beam_projector.transforms.model import ModelError
     with pytest.raises(ModelError, match="'conv' has shape \\(batch, 16, 16, 8\\), a feature map, "
                                          "not one vector per image \\(batch, D\\): set --pool"):
         load_embedding_model(ModelSpec(uri=model_path, layers=("conv",)))
@@ -297,7 +297,7 @@ def test_feature_map_layer_needs_pool(model_path):
 
 
 def test_feature_map_savedmodel_output_needs_pool(tmp_path):
-    from beam_projector.transforms.inference import ModelError
+    from beam_projector.transforms.model import ModelError
 
     class Maps(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="x")])
@@ -403,9 +403,9 @@ def test_a_model_that_does_not_freeze_right_runs_as_loaded(tmp_path, monkeypatch
 def test_a_model_with_large_weights_runs_unfrozen(tmp_path, monkeypatch):
     """A frozen graph holds its weights several times over, so only small
     models are frozen (here the limit is lowered under the tiny model's)."""
-    from beam_projector.transforms import inference
+    from beam_projector.transforms import model as model_module
     path = str(tmp_path / "bn.keras")
     bn_model(path)
     assert load_embedding_model(ModelSpec(uri=path)).frozen
-    monkeypatch.setattr(inference, "FREEZE_MAX_WEIGHT_BYTES", 64)
+    monkeypatch.setattr(model_module, "FREEZE_MAX_WEIGHT_BYTES", 64)
     assert not load_embedding_model(ModelSpec(uri=path)).frozen

@@ -10,8 +10,8 @@ import pytest
 from beam_projector.pipeline.preflight import UsageError
 from support import run_pipeline
 from beam_projector.transforms import neighbors as nb
-from beam_projector.transforms.items import Thumbnail
-from beam_projector.transforms.write import SUSPECT_HEADER, suspects_tsv
+from beam_projector.transforms.records import Thumbnail
+from beam_projector.transforms.suspects import SUSPECT_HEADER, suspects_tsv
 
 
 def brute_force(z, count):
@@ -217,7 +217,7 @@ def test_planted_columns_are_colourable_and_consistent(planted):
 
 def _items(n, seed=0):
     """n Embedded items in 8 clusters, labels = cluster, random 4 px thumbnails."""
-    from beam_projector.transforms.items import Embedded, ImageRef
+    from beam_projector.transforms.records import Embedded, ImageRef
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((8, 24))
@@ -263,15 +263,15 @@ def test_neighbor_columns_are_independent_of_the_work_split(monkeypatch):
     # clusters are tight: most items agree with their neighbours
     assert sum(v[0] == "1.00" for v in whole.values()) > 250
     joined = _run(nb.AddNeighborColumns(5, 0, 1, 0), items)
-    from beam_projector.transforms.items import order_key
+    from beam_projector.transforms.records import order_key
     assert len(joined) == 300
     for e in joined:
         assert e.item.metadata[2:] == whole[order_key(e.item)]
 
 
 def test_writer_join_fills_rows_a_stage_did_not_give():
-    from beam_projector.transforms.items import order_key
-    from beam_projector.transforms.write import join_columns
+    from beam_projector.transforms.records import order_key
+    from beam_projector.transforms.write.stage import join_columns
 
     items = _items(3)
     table = {order_key(items[0].item): ("x", "y")}

@@ -12,7 +12,10 @@ import pytest
 import support
 from beam_projector.pipeline.preflight import UsageError
 from support import run_pipeline
-from beam_projector.transforms import standalone, write
+from beam_projector.transforms import standalone
+from beam_projector.transforms.write import layout
+from beam_projector.transforms.write import ownership
+from beam_projector.transforms.write import publish
 from test_publish import snapshot, tiny_assets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,8 +88,8 @@ def test_a_logdir_with_user_content_is_refused_byte_for_byte(digits, model_path,
         info = json.loads(get(support.TB_PREFIX + "/info?run=projector")[1])
         assert info["embeddings"][0]["tensorShape"] == ["25", "8"] or \
             info["embeddings"][0]["tensorShape"] == [25, 8]
-    data = sorted(d for d in os.listdir(sub) if d.startswith(write.DATA_PREFIX))
-    assert data == [write._referenced_data_dir(open(os.path.join(sub, write.CONFIG_NAME)).read())]
+    data = sorted(d for d in os.listdir(sub) if d.startswith(layout.DATA_PREFIX))
+    assert data == [ownership.referenced_data_dir(open(os.path.join(sub, layout.CONFIG_NAME)).read())]
 
 
 def test_user_data_folders_and_page_survive_runs_into_the_logdir(digits, model_path, tmp_path):
@@ -104,10 +107,10 @@ def test_user_data_folders_and_page_survive_runs_into_the_logdir(digits, model_p
     after = snapshot(str(logdir))
     for rel, data in before.items():
         assert after[rel] == data, rel
-    ours = [d for d in os.listdir(logdir) if d.startswith(write.DATA_PREFIX)
+    ours = [d for d in os.listdir(logdir) if d.startswith(layout.DATA_PREFIX)
             and d not in ("data-mine", "data-0123456789abcdef")]
     assert len(ours) == 1
-    manifest = write.read_manifest(str(logdir))
+    manifest = ownership.read_manifest(str(logdir))
     assert manifest["data"] == ours
     assert "index.html" not in manifest["files"]
     with pytest.raises(UsageError, match=r"holds index\.html, which beam-projector did not"):
@@ -150,34 +153,34 @@ def test_a_logdir_from_the_previous_version_is_refused_with_a_way_out(digits, mo
     shutil.rmtree(logdir / "data-89abcdef01234567")
     run_pipeline(input=csv_path, model=model_path, embedding_layer="embedding",
                  output=str(logdir), max_items=10, tile_size=16)
-    assert write.read_manifest(str(logdir))["exists"]
+    assert ownership.read_manifest(str(logdir))["exists"]
 
 
 def test_publish_refuses_foreign_files_and_ignores_a_tampered_manifest(tmp_path):
     assets, cfg = tiny_assets(tmp_path)
     out = cfg.output
     os.makedirs(out)
-    with open(os.path.join(out, write.PREVIEW_NAME), "wb") as f:
+    with open(os.path.join(out, layout.PREVIEW_NAME), "wb") as f:
         f.write(b"my own picture")
-    with pytest.raises(write.OwnershipError, match="preview.png"):
-        write.publish(assets, cfg, [])
-    assert open(os.path.join(out, write.PREVIEW_NAME), "rb").read() == b"my own picture"
+    with pytest.raises(ownership.OwnershipError, match="preview.png"):
+        publish.publish(assets, cfg, [])
+    assert open(os.path.join(out, layout.PREVIEW_NAME), "rb").read() == b"my own picture"
     assert not [n for n in os.listdir(out) if n.startswith("data-")]
-    os.remove(os.path.join(out, write.PREVIEW_NAME))
+    os.remove(os.path.join(out, layout.PREVIEW_NAME))
     # a manifest naming things the tool never writes cannot make it delete them
     os.makedirs(os.path.join(out, "data-mine"))
     open(os.path.join(out, "data-mine", "x"), "w").write("x")
     open(os.path.join(out, "notes.txt"), "w").write("x")
-    with open(os.path.join(out, write.MANIFEST_NAME), "w") as f:
+    with open(os.path.join(out, layout.MANIFEST_NAME), "w") as f:
         json.dump({"files": ["notes.txt", "../x"], "data": ["data-mine", "../../etc"],
                    "pending": ["../*"]}, f)
-    write.publish(assets, cfg, [])
+    publish.publish(assets, cfg, [])
     assert os.path.isfile(os.path.join(out, "data-mine", "x"))
     assert os.path.isfile(os.path.join(out, "notes.txt"))
-    manifest = write.read_manifest(out)
-    assert manifest["data"] == [write.DATA_PREFIX + assets.digest]
-    assert manifest["files"] == sorted([write.CONFIG_NAME, write.ERRORS_NAME,
-                                        write.SUMMARY_NAME, write.EVENTS_NAME, write.PREVIEW_NAME])
+    manifest = ownership.read_manifest(out)
+    assert manifest["data"] == [layout.DATA_PREFIX + assets.digest]
+    assert manifest["files"] == sorted([layout.CONFIG_NAME, layout.ERRORS_NAME,
+                                        layout.SUMMARY_NAME, layout.EVENTS_NAME, layout.PREVIEW_NAME])
 
 
 # --- issue 16.1: glob characters in --output -------------------------------------
@@ -234,5 +237,5 @@ def test_a_glob_input_that_cannot_reach_the_output_stays_allowed(photo_folder, m
         summary = run_pipeline(input=folder + "/*.png", model=model_path, output=out,
                                max_items=50, tile_size=16)
         assert summary["read"] == 12 and summary["written"] == 12
-    assert os.path.isfile(os.path.join(out, write.PREVIEW_NAME))
+    assert os.path.isfile(os.path.join(out, layout.PREVIEW_NAME))
     assert standalone.INDEX_NAME not in os.listdir(out)

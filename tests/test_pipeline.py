@@ -1,5 +1,4 @@
 """The whole pipeline on the local runner, and the logdir a live TensorBoard serves."""
-import glob
 import math
 import os
 
@@ -11,7 +10,7 @@ from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
 from support import check_live_projector, load_tensor, run_pipeline, write_digits
 from beam_projector.transforms import projector
-from beam_projector.transforms.decode import decode_image, read_bytes
+from beam_projector.transforms.images import decode_image, read_bytes
 from beam_projector.transforms.neighbors import neighbor_columns
 
 

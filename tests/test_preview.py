@@ -5,7 +5,7 @@ from PIL import Image
 
 import support
 from beam_projector.transforms import preview
-from beam_projector.transforms.items import Thumbnail
+from beam_projector.transforms.records import Thumbnail
 
 
 def solid(rgb, w=16, h=16):

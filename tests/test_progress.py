@@ -1,6 +1,5 @@
 """Progress lines (pure text, the Beam step, the live line) and the summary file."""
 import io
-import json
 import logging
 
 import apache_beam as beam
@@ -9,8 +8,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_projector.pipeline import progress
-from beam_projector.pipeline.progress import (SUMMARY_NAME, LogProgress, next_report, progress_text,
-                               tsv_hint_text, write_summary)
+from beam_projector.pipeline.progress import LogProgress, next_report, progress_text, tsv_hint_text
 
 
 @pytest.mark.parametrize("done,total,elapsed,text", [
@@ -96,7 +94,7 @@ def test_a_failed_image_moves_the_total_down_and_its_refill_up_again(caplog):
     decode there is not coming (-1), the margin image chosen in its place is
     (+1). Changes pass no element on, and the stage still ends at 100 %,
     whichever order the change and the last element arrive in."""
-    from beam_projector.transforms.items import TotalChange
+    from beam_projector.transforms.records import TotalChange
 
     caplog.set_level(logging.INFO, logger="beam-projector")
     fn = progress._ProgressFn("embedded")
@@ -125,9 +123,3 @@ def test_live_line_rewrites_one_terminal_line(monkeypatch):
     assert text.count("\n") == 1 and text.endswith("\n")  # one line, closed when done
     progress.end_live_line(stream)
     assert stream.getvalue() == text  # already closed: nothing more
-
-
-def test_write_summary_is_json_in_the_output_folder(tmp_path):
-    path = write_summary(str(tmp_path), {"counters": {"written": 3}, "options": {"seed": 1}})
-    assert path == str(tmp_path / SUMMARY_NAME)
-    assert json.load(open(path)) == {"counters": {"written": 3}, "options": {"seed": 1}}

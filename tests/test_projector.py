@@ -8,7 +8,8 @@ from PIL import Image
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
 from beam_projector.transforms import projector
-from beam_projector.transforms.items import Thumbnail
+from beam_projector.transforms import png
+from beam_projector.transforms.records import Thumbnail
 
 
 @pytest.mark.parametrize("n,per_side", [(1, 1), (2, 2), (4, 2), (5, 3), (9, 3), (10, 4),
@@ -68,7 +69,7 @@ def test_assemble_sprite_centres_tiles_with_transparent_padding():
 
 def test_png_roundtrip_is_lossless():
     sprite = projector.assemble_sprite([Thumbnail.from_rgb(2, 2, bytes(range(12)))], 2)
-    back = Image.open(io.BytesIO(projector.png_bytes(sprite)))
+    back = Image.open(io.BytesIO(png.png_bytes(sprite)))
     assert np.array_equal(np.asarray(back), np.asarray(sprite))
 
 
@@ -161,7 +162,7 @@ def test_streamed_sprite_png_has_the_pixels_of_the_assembled_sprite():
     tile = 9
     side = projector.tiles_per_side(len(thumbs)) * tile
     buf = io.BytesIO()
-    projector.write_png_rows(buf, side, side, projector.sprite_rows(thumbs, tile))
+    png.write_png_rows(buf, side, side, projector.sprite_rows(thumbs, tile))
     streamed = Image.open(io.BytesIO(buf.getvalue()))
     assert streamed.format == "PNG" and streamed.mode == "RGBA" and streamed.size == (side, side)
     np.testing.assert_array_equal(np.asarray(streamed),
@@ -179,22 +180,22 @@ def test_own_png_codec_is_lossless_and_readable_by_pillow(shape):
     """Thumbnails and the preview use our encoder and decoder: what Pillow
     (and so the projector's browser) reads back must be the same pixels."""
     pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
-    data = projector.encode_png(pixels)
-    np.testing.assert_array_equal(projector.decode_own_png(data), pixels)
+    data = png.encode_png(pixels)
+    np.testing.assert_array_equal(png.decode_own_png(data), pixels)
     back = Image.open(io.BytesIO(data))
     assert back.mode == ("RGB" if shape[2] == 3 else "RGBA")
     np.testing.assert_array_equal(np.asarray(back), pixels)
     image = Image.fromarray(pixels)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(
-        projector.png_bytes(image, strip_rows=2)))), pixels)
+        png.png_bytes(image, strip_rows=2)))), pixels)
 
 
 def test_a_png_from_elsewhere_is_left_to_pillow():
     pixels = np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).quantize(16).save(buf, format="PNG")   # a palette PNG
-    assert projector.decode_own_png(buf.getvalue()) is None
-    assert projector.decode_own_png(b"not a png") is None
+    assert png.decode_own_png(buf.getvalue()) is None
+    assert png.decode_own_png(b"not a png") is None
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")   # Pillow's own filters
     np.testing.assert_array_equal(np.asarray(Thumbnail(5, 6, buf.getvalue()).image()), pixels)

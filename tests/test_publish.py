@@ -14,8 +14,13 @@ import pytest
 
 from support import check_live_projector, run_pipeline
 from beam_projector.transforms.staging import STAGING_PREFIX
-from beam_projector.transforms import write
-from beam_projector.transforms.items import Embedded, ImageRef, Thumbnail
+from beam_projector.transforms.write import layout
+from beam_projector.transforms.settings import Settings
+from beam_projector.transforms.write import ownership
+from beam_projector.transforms.write import config as write_config
+from beam_projector.transforms.write.assets import asset_bytes, build_assets
+from beam_projector.transforms.write import publish
+from beam_projector.transforms.records import Embedded, ImageRef, Thumbnail
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,17 +29,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLER = r'''
 import os, signal, sys
 from apache_beam.io.filesystems import FileSystems
-from beam_projector.transforms import write
+from beam_projector.transforms.write import layout, publish
 
 when = os.environ["KILL_WHEN"]
 seen = {"data": 0}
-real_write, real_stream, real_rename = write.write_bytes, write.write_stream, FileSystems.rename
+real_write, real_stream, real_rename = publish.write_bytes, publish.write_stream, FileSystems.rename
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 def write_stream(path, produce):
-    if "/" + write.DATA_PREFIX in path:
+    if "/" + layout.DATA_PREFIX in path:
         seen["data"] += 1
         if when == "data:%d" % seen["data"]:
             import io
@@ -46,13 +51,13 @@ def write_stream(path, produce):
     return real_stream(path, produce)
 
 def rename(sources, destinations):
-    if when == "config" and destinations[0].endswith(write.CONFIG_NAME):
+    if when == "config" and destinations[0].endswith(layout.CONFIG_NAME):
         die()                                          # new config complete, not yet swapped in
     return real_rename(sources, destinations)
 
-write.write_stream = write_stream
+publish.write_stream = write_stream   # the name publish writes assets through
 FileSystems.rename = staticmethod(rename)
-from beam_projector.pipeline.run import main
+from beam_projector.pipeline.cli import main
 sys.exit(main(sys.argv[1:]))
 '''
 
@@ -67,7 +72,7 @@ def snapshot(folder):
 
 
 def referenced_folder(logdir):
-    return write._referenced_data_dir(open(os.path.join(logdir, write.CONFIG_NAME)).read())
+    return ownership.referenced_data_dir(open(os.path.join(logdir, layout.CONFIG_NAME)).read())
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +90,9 @@ def assert_old_logdir_intact(logdir, before, extras_swapped=False):
     preview, summary) into place and the config rename that comes last."""
     after = snapshot(logdir)
     for rel, data in before.items():
-        if rel == write.MANIFEST_NAME:
+        if rel == layout.MANIFEST_NAME:
             continue   # a run claims its folder and files there before writing them
-        if extras_swapped and rel in write.ROOT_FILES and rel != write.CONFIG_NAME:
+        if extras_swapped and rel in layout.ROOT_FILES and rel != layout.CONFIG_NAME:
             continue
         assert after.get(rel) == data, f"{rel} changed"
     old = referenced_folder(logdir)
@@ -96,7 +101,7 @@ def assert_old_logdir_intact(logdir, before, extras_swapped=False):
         # data folder, its thumbnails' staging folder or a temp file beside
         # the config
         top = rel.split(os.sep, 1)[0]
-        assert ((top.startswith(write.DATA_PREFIX) and top != old) or ".tmp-" in rel
+        assert ((top.startswith(layout.DATA_PREFIX) and top != old) or ".tmp-" in rel
                 or top.startswith(STAGING_PREFIX)), rel
 
 
@@ -132,11 +137,11 @@ def test_kill_at_every_publish_step_leaves_the_old_logdir(old_logdir, digits, mo
     assert [n for n in os.listdir(logdir) if n.startswith(STAGING_PREFIX)]   # the killed run's
     run_pipeline(input=csv_path, model=model_path, embedding_layer="embedding", output=logdir,
                  max_items=30, tile_size=16)
-    data = [d for d in os.listdir(logdir) if d.startswith(write.DATA_PREFIX)]
+    data = [d for d in os.listdir(logdir) if d.startswith(layout.DATA_PREFIX)]
     assert data == [referenced_folder(logdir)]
     assert not [n for n in os.listdir(logdir) if ".tmp-" in n]
     assert not [n for n in os.listdir(logdir) if n.startswith(STAGING_PREFIX)]
-    manifest = write.read_manifest(logdir)
+    manifest = ownership.read_manifest(logdir)
     assert manifest["data"] == data and manifest["pending"] == []
     assert sorted(os.listdir(os.path.join(logdir, data[0]))) == sorted(
         ["feature_vecs.tsv", "metadata.tsv", "sprite.png"])  # tsv: the default
@@ -157,7 +162,7 @@ def read_bytes(ref, *args, **kwargs):
     return real(ref, *args, **kwargs)
 
 decode.read_bytes = read_bytes
-from beam_projector.pipeline.run import main
+from beam_projector.pipeline.cli import main
 sys.exit(main(sys.argv[1:]))
 '''
 
@@ -211,33 +216,33 @@ def tiny_assets(tmp_path, n=4):
     items = [Embedded(ImageRef(f"u{i}", f"img{i}.png", None, (f"img{i}.png", str(i)), key=i + 1),
                       Thumbnail.from_rgb(2, 2, bytes([i * 40] * 12)),
                       (np.arange(3, dtype=np.float32) + i,)) for i in range(n)]
-    cfg = write.WriterConfig(output=str(tmp_path / "out"), columns=("path", "label"),
-                             tensor_names=("emb",), tile=8, max_items=n)
-    return write.build_assets(items, cfg), cfg
+    cfg = write_config.WriterConfig(output=str(tmp_path / "out"), columns=("path", "label"),
+                                    tensor_names=("emb",), settings=Settings(tile_size=8, max_items=n))
+    return build_assets(items, cfg), cfg
 
 
 def test_a_partial_orphan_with_the_same_digest_is_rewritten(tmp_path):
     assets, cfg = tiny_assets(tmp_path)
-    folder = os.path.join(cfg.output, write.DATA_PREFIX + assets.digest)
+    folder = os.path.join(cfg.output, layout.DATA_PREFIX + assets.digest)
     os.makedirs(folder)
-    with open(os.path.join(folder, write.SPRITE_NAME), "wb") as f:
+    with open(os.path.join(folder, layout.SPRITE_NAME), "wb") as f:
         f.write(b"\x89PNG half")                    # what a killed run left
     # unclaimed, it could be anyone's: refused, untouched
-    with pytest.raises(write.OwnershipError, match=write.DATA_PREFIX + assets.digest):
-        write.publish(assets, cfg, [])
-    assert os.listdir(folder) == [write.SPRITE_NAME]
+    with pytest.raises(ownership.OwnershipError, match=layout.DATA_PREFIX + assets.digest):
+        publish.publish(assets, cfg, [])
+    assert os.listdir(folder) == [layout.SPRITE_NAME]
     # claimed in the manifest first, as a killed run does before writing
-    write._write_manifest(cfg.output, [], [write.DATA_PREFIX + assets.digest], ["dead"], "x")
-    write.publish(assets, cfg, [])
+    publish._write_manifest(cfg.output, [], [layout.DATA_PREFIX + assets.digest], ["dead"], "x")
+    publish.publish(assets, cfg, [])
     for asset in assets.files:
-        assert open(os.path.join(folder, asset.name), "rb").read() == write.asset_bytes(asset)
+        assert open(os.path.join(folder, asset.name), "rb").read() == asset_bytes(asset)
 
 
 def test_republishing_the_same_assets_keeps_one_folder(tmp_path):
     assets, cfg = tiny_assets(tmp_path)
-    write.publish(assets, cfg, [])
+    publish.publish(assets, cfg, [])
     first = snapshot(cfg.output)
-    write.publish(assets, cfg, [])
+    publish.publish(assets, cfg, [])
     assert snapshot(cfg.output) == first
-    assert [d for d in os.listdir(cfg.output) if d.startswith(write.DATA_PREFIX)] == [
-        write.DATA_PREFIX + assets.digest]
+    assert [d for d in os.listdir(cfg.output) if d.startswith(layout.DATA_PREFIX)] == [
+        layout.DATA_PREFIX + assets.digest]

@@ -6,7 +6,7 @@ import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_projector.transforms.items import ImageRef
+from beam_projector.transforms.records import ImageRef
 from beam_projector.transforms.sampling import SampleItems, sample_key
 
 

@@ -17,7 +17,12 @@ from PIL import Image
 
 from beam_projector.pipeline.preflight import UsageError
 from support import check_live_projector, run_pipeline
-from beam_projector.transforms import sources
+from beam_projector.transforms.sources import spec as source_spec
+from beam_projector.transforms.sources import tfrecords
+from beam_projector.transforms.sources import tfrecord_framing
+from beam_projector.transforms.sources import detect
+from beam_projector.transforms.sources import read as sources_read
+from beam_projector.transforms.records import ImageRef
 from beam_projector.transforms.sampling import SampleItems
 from beam_projector.transforms.neighbors import neighbor_columns
 
@@ -74,77 +79,77 @@ def test_image_signatures_versus_path_strings():
     bmp = io.BytesIO()
     Image.new("RGB", (2, 2)).save(bmp, "BMP")
     for data in (png.getvalue(), jpg.getvalue(), bmp.getvalue()):
-        assert sources.looks_like_image(data)
+        assert source_spec.looks_like_image(data)
     for text in (b"images/a.png", b"BMW/photo.jpg", b"gs://b/x.jpg", b"GIF/x.gif"):
-        assert not sources.looks_like_image(text)
-        assert sources._path_text(text) == text.decode()
-    assert sources._path_text(b"\xff\xfe\x00junk") is None
+        assert not source_spec.looks_like_image(text)
+        assert tfrecords._path_text(text) == text.decode()
+    assert tfrecords._path_text(b"\xff\xfe\x00junk") is None
 
 
 def test_feature_values_become_text():
     ex = tf.train.Example.FromString(example(a=b"caf\xc3\xa9", n=7, f=0.1, many=[1, 2]))
     feats = ex.features.feature
-    assert [sources.feature_text(feats[k]) for k in ("a", "n", "f", "many")] == \
+    assert [tfrecords.feature_text(feats[k]) for k in ("a", "n", "f", "many")] == \
         ["café", "7", "0.1", "1,2"]
-    assert sources.feature_text(feats.get("missing")) == ""
+    assert tfrecords.feature_text(feats.get("missing")) == ""
 
 
 def test_tfrecord_reader_checks_framing(tmp_path, tfrecord_bytes):
     with open(tfrecord_bytes, "rb") as f:
-        assert len(list(sources.iter_tfrecords(f))) == 60
+        assert len(list(tfrecord_framing.iter_tfrecords(f))) == 60
     data = bytearray(open(tfrecord_bytes, "rb").read())
     data[40] ^= 0xFF  # flip a byte inside the first record
-    with pytest.raises(sources.SourceError, match="checksum"):
-        list(sources.iter_tfrecords(io.BytesIO(bytes(data))))
+    with pytest.raises(source_spec.SourceError, match="checksum"):
+        list(tfrecord_framing.iter_tfrecords(io.BytesIO(bytes(data))))
 
 
 def test_tfrecord_length_is_bounded_before_it_is_read(tfrecord_bytes):
     data = open(tfrecord_bytes, "rb").read()
-    good = list(sources.iter_tfrecords_at(io.BytesIO(data)))
+    good = list(tfrecord_framing.iter_tfrecords_at(io.BytesIO(data)))
     header = struct.pack("<Q", 2 ** 40)
-    bomb = data + header + struct.pack("<I", sources._masked_crc(header)) + b"x" * 100
+    bomb = data + header + struct.pack("<I", tfrecord_framing._masked_crc(header)) + b"x" * 100
     # 2^40 bytes would be a MemoryError (or a worker OOM); the length is refused first
-    with pytest.raises(sources.TFRecordFramingError, match=f"of {2 ** 40} bytes exceeds") as e:
-        list(sources.iter_tfrecords_at(io.BytesIO(bomb)))
+    with pytest.raises(tfrecord_framing.TFRecordFramingError, match=f"of {2 ** 40} bytes exceeds") as e:
+        list(tfrecord_framing.iter_tfrecords_at(io.BytesIO(bomb)))
     assert e.value.offset == len(data) == good[-1][0] + 16 + len(good[-1][1])
-    with pytest.raises(sources.TFRecordFramingError, match="exceeds the limit of 100") as e:
-        list(sources.iter_tfrecords_at(io.BytesIO(data), max_record_bytes=100))
+    with pytest.raises(tfrecord_framing.TFRecordFramingError, match="exceeds the limit of 100") as e:
+        list(tfrecord_framing.iter_tfrecords_at(io.BytesIO(data), max_record_bytes=100))
     assert e.value.offset == 0
 
 
 # --- detection and columns (launcher) -------------------------------------------------
 
 def test_describe_tfrecord_columns_and_compression(tmp_path, digits, tfrecord_bytes):
-    spec = sources.describe_input(tfrecord_bytes)
+    spec = detect.describe_input(tfrecord_bytes)
     assert spec.kind == "tfrecord" and spec.compression == "none"
     # every scalar text/number feature, sorted; not the image, the list or the blob
     assert spec.columns == ("source", "image/filename", "label", "score")
     records = digit_records(digits)[:3]
     gz = write_records(str(tmp_path / "a.tfrecord.gz"), records, gzip=True)
-    assert sources.describe_input(gz).compression == "gzip"
+    assert detect.describe_input(gz).compression == "gzip"
     # a GZIP file with a plain name: the gzip signature tells, or --compression says
     hidden = write_records(str(tmp_path / "shard-00000"), records, gzip=True)
-    spec = sources.describe_input(hidden)
+    spec = detect.describe_input(hidden)
     assert (spec.kind, spec.compression) == ("tfrecord", "gzip")
-    with pytest.raises(sources.SourceError, match="--compression none"):
-        sources.describe_input(gz, compression="none")
-    spec = sources.describe_input(gz, metadata_features=("label", "bbox"))
+    with pytest.raises(source_spec.SourceError, match="--compression none"):
+        detect.describe_input(gz, compression="none")
+    spec = detect.describe_input(gz, metadata_features=("label", "bbox"))
     assert spec.columns == ("source", "label", "bbox")
     # a glob mixing plain and GZIP shards: each file's compression is its own
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     write_records(str(mixed / "a.tfrecord"), records[:1])
     write_records(str(mixed / "b.tfrecord"), records, gzip=True)
-    spec = sources.describe_input(str(mixed / "*.tfrecord"))
+    spec = detect.describe_input(str(mixed / "*.tfrecord"))
     assert (spec.compression, spec.auto_compression) == ("none", True)
     assert spec.columns == ("source", "image/filename", "label", "score")
 
 
 def test_describe_tfrecord_names_what_is_missing(tfrecord_bytes):
-    with pytest.raises(sources.SourceError, match="no feature 'jpeg'.*'image/encoded', 'image/filename'"):
-        sources.describe_input(tfrecord_bytes, image_feature="jpeg")
-    with pytest.raises(sources.SourceError, match="--metadata_features colour not found"):
-        sources.describe_input(tfrecord_bytes, metadata_features=("colour",))
+    with pytest.raises(source_spec.SourceError, match="no feature 'jpeg'.*'image/encoded', 'image/filename'"):
+        detect.describe_input(tfrecord_bytes, image_feature="jpeg")
+    with pytest.raises(source_spec.SourceError, match="--metadata_features colour not found"):
+        detect.describe_input(tfrecord_bytes, metadata_features=("colour",))
 
 
 def test_describe_csv_judges_only_the_header_row(tmp_path):
@@ -152,30 +157,30 @@ def test_describe_csv_judges_only_the_header_row(tmp_path):
     # row 1,501; it used to fail the whole run when it fell in the first 8 KB.
     early = tmp_path / "early.csv"
     early.write_bytes(b"path,label\na.png,caf\xe9\nb.png,1\n")
-    assert sources.describe_input(str(early)).columns == ("path", "label")
+    assert detect.describe_input(str(early)).columns == ("path", "label")
     bad_header = tmp_path / "header.csv"
     bad_header.write_bytes(b"path,l\xe9bel\na.png,1\n")
-    with pytest.raises(sources.SourceError, match="not UTF-8 text: byte 0xE9 in its header row"):
-        sources.describe_input(str(bad_header))
+    with pytest.raises(source_spec.SourceError, match="not UTF-8 text: byte 0xE9 in its header row"):
+        detect.describe_input(str(bad_header))
     spaced = tmp_path / "spaced.csv"
     spaced.write_bytes(b"\xef\xbb\xbffile name, path\nx.png,y.png\n")
-    with pytest.raises(sources.SourceError, match="columns are: 'file name', ' path'$"):
-        sources.describe_input(str(spaced))
+    with pytest.raises(source_spec.SourceError, match="columns are: 'file name', ' path'$"):
+        detect.describe_input(str(spaced))
 
 
 def test_describe_folder_and_glob(tmp_path, digits):
     tree = make_class_tree(tmp_path / "tree", digits, per_class=2)
-    spec = sources.describe_input(str(tree))
+    spec = detect.describe_input(str(tree))
     assert (spec.kind, spec.columns, spec.labelled) == ("folder", ("path", "label"), True)
     assert spec.pattern == str(tree) + "/**"
-    spec = sources.describe_input(str(tree) + "/class_3/*.png")
+    spec = detect.describe_input(str(tree) + "/class_3/*.png")
     assert (spec.kind, spec.columns) == ("folder", ("path",))
     empty = tmp_path / "no-images"
     empty.mkdir()
     (empty / "notes.txt").write_text("x")
-    with pytest.raises(sources.SourceError, match="holds no image files"):
-        sources.describe_input(str(empty))
-    assert sources.describe_input(digits[0]).kind == "csv"
+    with pytest.raises(source_spec.SourceError, match="holds no image files"):
+        detect.describe_input(str(empty))
+    assert detect.describe_input(digits[0]).kind == "csv"
 
 
 # --- readers in a pipeline ---------------------------------------------------------------
@@ -196,7 +201,7 @@ def load(path):
 
 def read_refs(spec, tmp_path):
     p = beam.Pipeline(runner="FnApiRunner")
-    refs, errors = p | sources.ReadImageRefs(spec)
+    refs, errors = p | sources_read.ReadImageRefs(spec)
     collect(refs, tmp_path / "refs.pkl", "CollectRefs")
     collect(errors, tmp_path / "errors.pkl", "CollectErrors")
     result = p.run()
@@ -212,7 +217,7 @@ def test_tfrecord_bytes_paths_and_bad_records(tmp_path, digits):
     records = digit_records(digits, as_paths=False)[:3] + digit_records(digits, as_paths=True)[3:5]
     records += [b"\x08\x96\x01not a proto", example(label=1), example(image__encoded=[7])]
     path = write_records(os.path.join(base, "mixed.tfrecord"), records)
-    spec = sources.describe_input(path)
+    spec = detect.describe_input(path)
     refs, errors, counters = read_refs(spec, tmp_path)
     assert counters["read"] == 5 and counters["failed_read"] == 3
     by_name = {r.metadata[1]: r for r in refs}  # columns: source, image/filename, label, score
@@ -252,8 +257,8 @@ def bad_tail_files(folder, digits, good=110):
         out = io.BytesIO()
         for r in recs:
             head = struct.pack("<Q", len(r))
-            out.write(head + struct.pack("<I", sources._masked_crc(head)) + r
-                      + struct.pack("<I", sources._masked_crc(r)))
+            out.write(head + struct.pack("<I", tfrecord_framing._masked_crc(head)) + r
+                      + struct.pack("<I", tfrecord_framing._masked_crc(r)))
         return out.getvalue()
 
     def at(recs, n):  # byte offset of record n
@@ -273,7 +278,7 @@ def bad_tail_files(folder, digits, good=110):
     recs = records("huge")[:good]
     head = struct.pack("<Q", 2 ** 40)
     path = os.path.join(folder, "huge.tfrecord")
-    open(path, "wb").write(framed(recs) + head + struct.pack("<I", sources._masked_crc(head))
+    open(path, "wb").write(framed(recs) + head + struct.pack("<I", tfrecord_framing._masked_crc(head))
                            + b"\0" * 64)
     expect[path] = (good, at(recs, good))
     recs = records("gzip")
@@ -295,7 +300,7 @@ def test_broken_tfrecord_tails_are_error_rows_and_the_rest_is_read(tmp_path, dig
     expect, per_file = bad_tail_files(str(folder), digits)
     refs, errors, counters = [], [], {}
     for path in sorted(expect):
-        spec = sources.describe_input(path)
+        spec = detect.describe_input(path)
         if path.endswith("truncated_gzip.tfrecord"):
             assert spec.compression == "gzip"
         got_refs, got_errors, counters = read_refs(spec, tmp_path)
@@ -356,7 +361,7 @@ def make_class_tree(root, digits, per_class):
 
 def test_folder_labels_from_sub_folders_and_skips_non_images(tmp_path, digits):
     tree = make_class_tree(tmp_path / "tree", digits, per_class=3)
-    refs, errors, counters = read_refs(sources.describe_input(str(tree)), tmp_path)
+    refs, errors, counters = read_refs(detect.describe_input(str(tree)), tmp_path)
     assert counters["read"] == 30 and counters["skipped_non_image"] == 2 and not errors
     for r in refs:
         assert r.metadata[1] == r.metadata[0].split("/")[0]
@@ -414,7 +419,7 @@ def test_class_folder_run_with_stratified_sample(tmp_path, digits, model_path):
 
 
 def test_stratified_sampling_is_per_label_bottom_k_and_capped_by_n(tmp_path):
-    items = [sources.ImageRef(uid=f"img{i}", ref=f"img{i}", content=None,
+    items = [ImageRef(uid=f"img{i}", ref=f"img{i}", content=None,
                               metadata=(f"img{i}", "abc"[i % 3])) for i in range(300)]
 
     def sample(n, per_label, seed):

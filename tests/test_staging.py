@@ -5,8 +5,9 @@ import os
 import apache_beam as beam
 import numpy as np
 
-from beam_projector.transforms.items import Embedded, ImageRef, StagedThumbnail, Thumbnail
-from beam_projector.transforms.staging import LocalCopies, StageThumbnails, delete_staging, staging_dir
+from beam_projector.transforms.records import Embedded, ImageRef, StagedThumbnail, Thumbnail
+from beam_projector.transforms.staging import (LocalCopies, StageThumbnails, delete_staging,
+                                              readable, staging_dir)
 
 _OUT = []
 
@@ -35,13 +36,14 @@ def test_staged_thumbnails_read_back_identical(tmp_path):
     assert len(_OUT) == 40 and os.listdir(folder)
     by_uid = {e.item.uid: e for e in _OUT}
     for e in items:
-        staged = by_uid[e.item.uid].thumbnail
-        assert isinstance(staged, StagedThumbnail)
+        record = by_uid[e.item.uid].thumbnail
+        assert isinstance(record, StagedThumbnail) and not hasattr(record, "png")   # no I/O
+        staged = readable(record)                    # reads its staging file on use
         assert staged.png == e.thumbnail.png and staged.digest() == e.thumbnail.digest()
         assert staged.image().tobytes() == e.thumbnail.image().tobytes()
         assert (staged.width, staged.height) == (e.thumbnail.width, e.thumbnail.height)
     with LocalCopies([e.thumbnail for e in _OUT]) as local:   # local files: read in place
-        assert local == [e.thumbnail for e in _OUT]
+        assert [t.png for t in local] == [readable(e.thumbnail).png for e in _OUT]
     delete_staging(folder)
     assert not os.path.exists(folder)
     delete_staging(folder)   # gone already: no error

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from support import load_tensor, run_pipeline
-from beam_projector.transforms import sources
+from beam_projector.transforms.sources import detect
+from beam_projector.transforms.sources import spec as source_spec
+from beam_projector.transforms.sources import tfds as tfds_meta
 
 SHAPES = ["circle", "square", "triangle"]
 
@@ -58,18 +60,18 @@ def test_tfds_files_are_what_tfds_writes(tfds_folder):
 
 
 def test_describe_finds_the_image_feature_and_class_names(tfds_folder):
-    spec = sources.describe_input(tfds_folder + "/tiny_shapes-train.tfrecord-*")
+    spec = detect.describe_input(tfds_folder + "/tiny_shapes-train.tfrecord-*")
     assert spec.kind == "tfrecord" and spec.image_feature == "picture"
     assert spec.columns == ("source", "shape", "size")
     assert dict(spec.label_names) == {"shape": tuple(SHAPES)}
     assert dict(spec.tfds) == {"name": "tiny_shapes", "version": "1.2.0", "split": "train"}
     # an explicit --image_feature still wins; a missing one is still named
-    with pytest.raises(sources.SourceError, match="no feature 'image/encoded'"):
-        sources.describe_input(tfds_folder + "/tiny_shapes-train.tfrecord-*",
+    with pytest.raises(source_spec.SourceError, match="no feature 'image/encoded'"):
+        detect.describe_input(tfds_folder + "/tiny_shapes-train.tfrecord-*",
                                image_feature="image/encoded")
     # the folder itself: told which shards to give
-    with pytest.raises(sources.SourceError, match="TensorFlow Datasets folder"):
-        sources.describe_input(tfds_folder)
+    with pytest.raises(source_spec.SourceError, match="TensorFlow Datasets folder"):
+        detect.describe_input(tfds_folder)
 
 
 def test_nested_features_json_flattens_like_tfds():
@@ -84,7 +86,7 @@ def test_nested_features_json_flattens_like_tfds():
                                     "class_label_feature.ClassLabel"}}}},
                     "label": {"pythonClassName": "tensorflow_datasets.core.features."
                               "class_label_feature.ClassLabel"}}}}
-    images, labels = sources.tfds_features(features)
+    images, labels = tfds_meta.tfds_features(features)
     assert images == ["image"]
     assert labels == [("objects/kind", "objects-kind.labels.txt"), ("label", "label.labels.txt")]
 

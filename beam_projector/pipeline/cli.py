@@ -10,9 +10,14 @@ import sys
 from typing import List, Optional
 
 from beam_projector.pipeline.config import expand_config
-from beam_projector.pipeline.options import format_beam_help, format_help, help_requested
-from beam_projector.pipeline.preflight import UsageError
-from beam_projector.pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
+from beam_projector.pipeline.logs import configure_logging, level_from_argv
+from beam_projector.pipeline.options import (
+    UsageError,
+    format_beam_help,
+    format_help,
+    help_requested,
+)
+from beam_projector.transforms.worker import import_tensorflow_quietly
 
 LOG = logging.getLogger("beam-projector")
 
@@ -71,7 +76,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         level = level_from_argv(argv)
         import_tensorflow_quietly(level)
         configure_logging(level)
-        from beam_projector.pipeline.run import run   # imports Beam's runners, TensorFlow
+        from beam_projector.pipeline.run import (
+            run,  # imports Beam's runners, TensorFlow
+        )
         summary = run(argv)
     except UsageError as e:
         print(f"beam-projector: error: {e}", file=sys.stderr)

@@ -19,8 +19,9 @@ import yaml
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-import beam_projector.pipeline.options  # noqa: F401 - registers ProjectorOptions (and --config) with Beam
-from beam_projector.pipeline.preflight import UsageError
+from beam_projector.pipeline.options import (
+    UsageError,  # and registers ProjectorOptions with Beam
+)
 
 CONFIG_FLAG = "--config"
 

@@ -150,7 +150,8 @@ def main(argv=None) -> int:
                     "nn_* columns and suspects.tsv to find")
     args, extra = ap.parse_known_args(argv)
     # quiet like the pipeline's CLI: Keras/TensorFlow are imported first here
-    from beam_projector.pipeline.quiet import configure_logging, import_tensorflow_quietly, level_from_argv
+    from beam_projector.pipeline.logs import configure_logging, level_from_argv
+    from beam_projector.transforms.worker import import_tensorflow_quietly
     level = level_from_argv(extra)
     import_tensorflow_quietly(level)
     configure_logging(level)
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
         csv_path = make_digits(os.path.join(work, "digits"))
     model_path = train_model(os.path.join(work, "digits_cnn.keras"), labels=labels)
     logdir = os.path.join(work, "logdir")
-    from beam_projector.pipeline.run import main as run_main
+    from beam_projector.pipeline.cli import main as run_main
     rc = run_main(["--input", csv_path, "--model", model_path, "--embedding_layer", "embedding",
                    "--output", logdir, "--max_items", str(count)] + extra)
     if rc == 0:

@@ -8,15 +8,19 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_projector.transforms.checks import MAX_TILE, MIN_TILE  # noqa: F401 - the tile range, declared once
-from beam_projector.transforms.decode import RESIZE_MODES
-from beam_projector.transforms.inference import PIXEL_SCALES, POOLS
-from beam_projector.transforms.items import DEFAULT_MAX_IMAGE_BYTES
+from beam_projector.transforms.images import RESIZE_MODES
+from beam_projector.transforms.model import PIXEL_SCALES, POOLS
 from beam_projector.transforms.neighbors import DEFAULT_DUPLICATE_THRESHOLD
-from beam_projector.transforms.sources import COMPRESSIONS
-from beam_projector.transforms.write import TENSOR_FORMATS
+from beam_projector.transforms.records import DEFAULT_MAX_IMAGE_BYTES
+from beam_projector.transforms.settings import MAX_TILE, MIN_TILE
+from beam_projector.transforms.sources.spec import COMPRESSIONS
+from beam_projector.transforms.write.layout import TENSOR_FORMATS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class UsageError(ValueError):
+    """A problem with the options or inputs, found before any work."""
 
 
 def parse_image_size(value):

@@ -1,7 +1,9 @@
-"""Checks that run on the launching machine before any work is scheduled.
+"""Checks on the launching machine before any work is scheduled.
 
-Each failure is one line that says what to fix, so a typo costs seconds,
-not a cluster start-up.
+Turns the options into the run's plan: the input's kind and columns, the
+model (loaded once, kept for in-process workers), the settings, the
+neighbour stage's choices. Each failure is one line that says what to fix
+(``UsageError``), so a typo costs seconds, not a cluster start-up.
 """
 import os
 import re
@@ -11,33 +13,43 @@ from typing import NamedTuple, Optional, Tuple
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from beam_projector.transforms import checks, projector, sources, write
-from beam_projector.transforms.inference import ModelSpec
-from beam_projector.transforms.sampling import failure_margin, sample_sizes  # noqa: F401 - failure_margin: re-exported
+from beam_projector.pipeline.options import UsageError
+from beam_projector.transforms.checks import check_model, check_output
+from beam_projector.transforms.model import ModelSpec
+from beam_projector.transforms.settings import Settings
+from beam_projector.transforms.sources.detect import describe_input
+from beam_projector.transforms.sources.spec import SourceError, SourceSpec
+from beam_projector.transforms.write.layout import (
+    DATA_PREFIX,
+    PREVIEW_NAME,
+    SPRITE_NAME,
+    root_files,
+)
 
 
-class UsageError(ValueError):
-    """A problem with the options or inputs, found before any work."""
+class NeighborPlan(NamedTuple):
+    """What ``NeighborColumns`` is given: --neighbors and its companions."""
+    k: int
+    tensor_index: int
+    label_index: Optional[int]    # None: no label column, no agreement columns
+    label_column: str
+    threshold: float
 
 
 class Plan(NamedTuple):
-    input_paths: Tuple[str, ...]
-    columns: Tuple[str, ...]
+    """What the launcher resolved before any work: all ``run.build`` reads."""
+    source: SourceSpec
     model: ModelSpec
-    model_size: Tuple[int, int]        # (height, width) the model takes
+    settings: Settings
     tensor_names: Tuple[str, ...]
-    tile: int                          # thumbnail/tile side, already shrunk for max_items
-    sample_size: int                   # max_items plus a margin for failures
-    label_index: Optional[int]
-    source: Optional[sources.SourceSpec] = None   # the input's kind and how to read it
-    run_id: str = ""                   # names this run in the logdir's manifest
+    neighbors: Optional[NeighborPlan]   # None: --neighbors 0
+    run_id: str                         # names this run in the logdir's manifest
 
 
-def _check_output(output: str, names=write.root_files(True, False)) -> None:
-    try:
-        checks.check_output(output, names, prefix="--")
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+def _as_flag(e: ValueError) -> UsageError:
+    """A library message that starts with a setting's name, worded as its flag."""
+    text = str(e)
+    return UsageError(text if text.startswith("--") else "--" + text)
 
 
 def _check_not_inside_input(output: str, source) -> None:
@@ -60,8 +72,8 @@ def _check_not_inside_input(output: str, source) -> None:
     if "://" not in glob and "://" not in output:
         glob, output = os.path.abspath(glob), os.path.abspath(output)
     pattern = re.compile(FileSystem.translate_pattern(glob))
-    ours = [FileSystems.join(output, write.PREVIEW_NAME),
-            FileSystems.join(output, write.DATA_PREFIX + "0" * 16, write.SPRITE_NAME)]
+    ours = [FileSystems.join(output, PREVIEW_NAME),
+            FileSystems.join(output, DATA_PREFIX + "0" * 16, SPRITE_NAME)]
     for path in ours:
         if pattern.match(path):
             raise UsageError(f"--input {source.pattern} matches {path}, a file this run "
@@ -75,73 +87,57 @@ def make_plan(po) -> Plan:
         if not getattr(po, flag):
             raise UsageError(f"--{flag} is required")
     try:
-        checks.check_settings(po.max_items, po.tile_size, po.batch_size,
-                              po.max_error_fraction, po.max_per_label, prefix="--")
+        settings = Settings(
+            max_items=po.max_items, seed=po.seed, max_per_label=po.max_per_label,
+            label_column=po.label_column, tile_size=po.tile_size, resize=po.resize,
+            tensor_format=po.tensor_format, preview=not po.no_preview,
+            standalone=po.standalone, max_error_fraction=po.max_error_fraction,
+            max_image_bytes=po.max_image_bytes)
+        spec = ModelSpec(uri=po.model, layers=po.layers, signature=po.signature,
+                         outputs=po.outputs, pixel_scale=po.pixel_scale,
+                         image_size=po.image_hw, pool=po.pool or "", batch_size=po.batch_size)
     except ValueError as e:
-        raise UsageError(str(e)) from None
-
+        raise _as_flag(e) from None
     try:
-        source = sources.describe_input(
+        source = describe_input(
             po.input, image_column=po.image_column, image_feature=po.image_feature,
             metadata_features=po.metadata_feature_list, compression=po.compression)
-    except sources.SourceError as e:
+    except SourceError as e:
         raise UsageError(str(e)) from None
-    columns = source.columns
-    label_index = None
-    if po.max_per_label is not None:
-        if po.label_column not in columns:
-            raise UsageError(f"--max_per_label needs the label column {po.label_column!r} "
-                             f"(set --label_column); the {source.kind} input's columns are: "
-                             f"{', '.join(repr(c) for c in columns)}")
-        label_index = columns.index(po.label_column)
-
+    if po.max_per_label is not None and po.label_column not in source.columns:
+        raise UsageError(f"--max_per_label needs the label column {po.label_column!r} "
+                         f"(set --label_column); the {source.kind} input's columns are: "
+                         f"{', '.join(repr(c) for c in source.columns)}")
     try:
-        image_size = po.image_hw
+        _, tensor_names, _ = check_model(spec)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    spec = ModelSpec(uri=po.model, layers=po.layers, signature=po.signature,
-                     outputs=po.outputs, pixel_scale=po.pixel_scale, image_size=image_size,
-                     pool=po.pool or "", batch_size=po.batch_size)
-    try:
-        model_size, tensor_names = checks.check_model(spec)
-        checks.check_max_image_bytes(po.max_image_bytes, prefix="--")
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    neighbors = neighbor_plan(po, tensor_names, source.columns)
     _check_not_inside_input(po.output, source)
-    _check_output(po.output, write.root_files(not po.no_preview, po.standalone,
-                                              suspects=bool(po.neighbors)))
-
-    return Plan(
-        input_paths=source.paths, columns=columns, model=spec,
-        model_size=model_size, tensor_names=tensor_names,
-        tile=projector.tile_size_for(po.max_items, po.tile_size),
-        sample_size=sample_sizes(po.max_items, po.max_error_fraction).total,
-        label_index=label_index, source=source,
-        run_id=uuid.uuid4().hex)
+    try:
+        check_output(po.output, root_files(settings.preview, settings.standalone,
+                                           suspects=neighbors is not None))
+    except ValueError as e:
+        raise _as_flag(e) from None
+    return Plan(source=source, model=spec, settings=settings, tensor_names=tensor_names,
+                neighbors=neighbors, run_id=uuid.uuid4().hex)
 
 
-class NeighborPlan(NamedTuple):
-    k: int
-    tensor_index: int
-    label_index: Optional[int]    # None: no label column, no agreement columns
-    label_column: str
-    threshold: float
-
-
-def neighbor_plan(po, plan: Plan) -> Optional[NeighborPlan]:
+def neighbor_plan(po, tensor_names, columns) -> Optional[NeighborPlan]:
     """--neighbors/--neighbors_tensor/--duplicate_threshold resolved against
-    the plan; None when --neighbors is 0. Raises UsageError."""
+    the model's tensors and the input's columns; None when --neighbors is 0.
+    Raises UsageError."""
     if po.neighbors is None or po.neighbors < 0:
         raise UsageError(f"--neighbors must be 0 (off) or more, got {po.neighbors}")
     if not po.neighbors:
         return None
     if not po.duplicate_threshold >= 0:
         raise UsageError(f"--duplicate_threshold must be 0 or more, got {po.duplicate_threshold}")
-    name = po.neighbors_tensor or plan.tensor_names[0]
-    if name not in plan.tensor_names:
+    name = po.neighbors_tensor or tensor_names[0]
+    if name not in tensor_names:
         raise UsageError(f"--neighbors_tensor {name!r} is not one of the model's embeddings: "
-                         f"{', '.join(plan.tensor_names)}")
-    label = po.label_column if po.label_column in plan.columns[1:] else ""
-    return NeighborPlan(po.neighbors, plan.tensor_names.index(name),
-                        plan.columns.index(label) if label else None, label,
+                         f"{', '.join(tensor_names)}")
+    label = po.label_column if po.label_column in columns[1:] else ""
+    return NeighborPlan(po.neighbors, tensor_names.index(name),
+                        columns.index(label) if label else None, label,
                         po.duplicate_threshold)

@@ -17,9 +17,8 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_projector.pipeline.quiet import QUIET_ENV, quiet_pillow_warnings
-from beam_projector.transforms.items import METRICS_NAMESPACE, TotalChange
-from beam_projector.transforms.write import SUMMARY_NAME  # one name for the writer and the launcher
+from beam_projector.transforms.records import METRICS_NAMESPACE, TotalChange
+from beam_projector.transforms.worker import QUIET_ENV, quiet_pillow_warnings
 
 LOG = logging.getLogger("beam-projector")
 
@@ -243,15 +242,6 @@ def read_counters(result, namespace: str = METRICS_NAMESPACE) -> dict:
 
 def summary_bytes(summary: dict) -> bytes:
     return json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
-
-
-def write_summary(output: str, summary: dict) -> str:
-    """Write ``run_summary.json`` into the logdir (any Beam filesystem)."""
-    path = FileSystems.join(output, SUMMARY_NAME)
-    data = summary_bytes(summary)
-    with FileSystems.create(path, mime_type="application/json") as f:
-        f.write(data)
-    return path
 
 
 # TensorBoard parses a TSV tensor as text on the first request: 2.1 s for

@@ -12,36 +12,44 @@ from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
-                                                  StandardOptions)
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 
 from beam_projector.pipeline.config import expand_config
 from beam_projector.pipeline.options import ProjectorOptions
-from beam_projector.pipeline.preflight import Plan, make_plan, neighbor_plan
-from beam_projector.pipeline.progress import (COUNTERS, LogProgress, end_live_line, large_tsv_hint,
-                                              read_counters, summary_bytes)
-from beam_projector.transforms.api import ImagesToProjector, ReadImages
+from beam_projector.pipeline.preflight import Plan, make_plan
+from beam_projector.pipeline.progress import (
+    COUNTERS,
+    LogProgress,
+    end_live_line,
+    large_tsv_hint,
+    read_counters,
+    summary_bytes,
+)
+from beam_projector.transforms.composite import ImagesToProjector
 from beam_projector.transforms.neighbors import NeighborColumns
+from beam_projector.transforms.sources.read import ReadImages
 from beam_projector.transforms.staging import delete_staging, staging_dir
-from beam_projector.transforms.write import SUMMARY_NAME, update_summary
+from beam_projector.transforms.write.layout import SUMMARY_NAME
+from beam_projector.transforms.write.publish import update_summary
 
 LOG = logging.getLogger("beam-projector")
 
 
 def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     """The CLI's graph: the public source and composite, as a library user
-    applies them (``transforms.api``), from the options and the checked plan."""
-    nn = neighbor_plan(po, plan)
+    applies them, from the checked plan."""
+    nn = plan.neighbors
     column_stages = [("Neighbors" >> NeighborColumns(
         nn.k, nn.tensor_index, nn.label_index, 0, nn.threshold))] if nn else []
-    read = p | "ReadInput" >> ReadImages(spec=plan.source, max_record_bytes=po.max_image_bytes)
+    read = p | "ReadInput" >> ReadImages(spec=plan.source,
+                                         max_record_bytes=plan.settings.max_image_bytes)
     return read | "Projector" >> ImagesToProjector(
-        output=po.output, model=plan.model, columns=plan.columns, max_items=po.max_items,
-        seed=po.seed, max_per_label=po.max_per_label, label_column=po.label_column,
-        tile_size=po.tile_size, batch_size=po.batch_size, resize=po.resize,
-        tensor_format=po.tensor_format, preview=not po.no_preview, standalone=po.standalone,
-        max_error_fraction=po.max_error_fraction, max_image_bytes=po.max_image_bytes,
-        progress=LogProgress, run_id=plan.run_id,
+        output=po.output, model=plan.model, columns=plan.source.columns,
+        settings=plan.settings, progress=LogProgress, run_id=plan.run_id,
         column_stages=column_stages,
         suspects_label_column=nn.label_column if nn else "",
         options_json=json.dumps(_options_used(po), sort_keys=True, default=str))

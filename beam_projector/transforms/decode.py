@@ -1,4 +1,4 @@
-"""Read and decode the sampled images.
+"""Decode the sampled images on a worker's cores: the Beam side of ``images``.
 
 Each image the job uses is decoded once, by ``DecodeForModelFn``, fused with
 the model call: one decode gives the model input and the sprite thumbnail,
@@ -6,375 +6,31 @@ and model-sized pixel arrays never sit in a materialised PCollection, so
 memory stays flat in N and only small elements cross stage boundaries. The
 sample's margin (the images beyond N, used only to refill failures) is
 checked by ``CheckDecodes``, at thumbnail scale; a refill is then decoded
-again for the model (BENCHMARKS.md, "Memory and shuffle", compares this with
-the designs it replaced). Everything that can go wrong with one image
-becomes a dead-letter row, never an exception that kills the job.
+again for the model (BENCHMARKS.md). A failing image becomes a dead-letter
+row, never an exception that kills the job.
 """
 import collections
-import errno
-import io
 import os
-import re
-import stat
-import struct
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
+from typing import Tuple
 
 import apache_beam as beam
-import numpy as np
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.utils.windowed_value import WindowedValue
-from PIL import Image, ImageFile, ImageOps
 
-from beam_projector.transforms.items import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG, METRICS_NAMESPACE,
-                              ErrorRow, ImageRef, Thumbnail)
-from beam_projector.transforms.projector import fit_within
-
-RESIZE_MODES = ("pad", "crop", "stretch")
-# Pillow's own guard (about 179M pixels raises) stays on; we turn its warning
-# band (Image.MAX_IMAGE_PIXELS, 89M, to 179M) into an error too (see _open):
-# such an image is almost always a bomb or a scan that would stall a worker,
-# and a thumbnail gains nothing from it. MAX_IMAGE_PIXELS keeps its default.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class ImageError(ValueError):
-    """One image cannot be used; the message is the dead-letter reason."""
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; transparency composited over white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr)  # 2-D uint8 -> mode L
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB") if img.mode != "RGB" else img
-
-
-def resize_for_model(img: Image.Image, size: Tuple[int, int], mode: str = "pad") -> np.ndarray:
-    """RGB image -> uint8 array of ``size`` (height, width).
-
-    ``pad`` matches ``tf.image.resize_with_pad`` (fit, centre, black border);
-    ``crop`` fills then centre-crops; ``stretch`` ignores the aspect ratio.
-    """
-    height, width = size
-    if mode == "stretch":
-        out = img.resize((width, height), Image.BILINEAR)
-    elif mode == "crop":
-        out = ImageOps.fit(img, (width, height), Image.BILINEAR)
-    elif mode == "pad":
-        scale = min(width / img.width, height / img.height)
-        w = max(1, min(width, round(img.width * scale)))
-        h = max(1, min(height, round(img.height * scale)))
-        out = Image.new("RGB", (width, height), (0, 0, 0))
-        out.paste(img.resize((w, h), Image.BILINEAR), ((width - w) // 2, (height - h) // 2))
-    else:
-        raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
-    return np.asarray(out, dtype=np.uint8)
-
-
-def _open(data: bytes) -> Image.Image:
-    """Identify the image; Pillow's exceptions mapped to one-line reasons.
-
-    No ``warnings.catch_warnings`` here: it swaps process-global state and
-    Beam runs bundles on several threads, so the outcome would depend on
-    timing. The pixel limit is checked explicitly instead.
-    """
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"decompression bomb: {e}") from None
-    except Image.UnidentifiedImageError:
-        why = _signature_failures(data)
-        here = [w for w in why if w.startswith("unsupported here: ")]
-        if here:
-            raise ImageError(_printable(here[0])) from None
-        if why:
-            raise ImageError(_printable("unsupported or corrupt image: " + "; ".join(why))) from None
-        raise ImageError("not an image Pillow can identify") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(_printable(missing_decoder_reason("image", e)
-                                    or f"corrupt or truncated image: {e}")) from None
-    pixels = img.width * img.height
-    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
-        raise ImageError(f"decompression bomb: {img.width}x{img.height} = {pixels} pixels "
-                         f"exceeds Pillow's limit of {Image.MAX_IMAGE_PIXELS}")
-    return img
-
-
-def _signature_failures(data: bytes) -> list:
-    """Why each format whose signature matches ``data`` refused it.
-
-    Pillow's ``Image.open`` only says "cannot identify image file"; its own
-    per-format diagnostics (``WARN_POSSIBLE_FORMATS``) arrive as warnings,
-    which cannot be captured thread-safely. Formats without a signature
-    check are skipped: they are tried on every file and only add noise.
-    """
-    Image.init()
-    prefix = data[:16]
-    out = []
-    for fmt in Image.ID:
-        factory, accept = Image.OPEN[fmt]
-        matched = accept(prefix) if accept is not None else False
-        if isinstance(matched, str):   # a str is "plugin missing": say so
-            out.append(missing_decoder_reason(fmt, ValueError(matched)) or f"{fmt}: {matched}")
-            continue
-        if not matched:
-            continue
-        try:
-            factory(io.BytesIO(data), "")
-        except Exception as e:  # noqa: BLE001 - collecting the reason is the point
-            out.append(f"{fmt}: {e}")
-    return out
-
-
-def _printable(text: str, limit: int = 300) -> str:
-    """Reasons go into a TSV and a log line: no control bytes, bounded length."""
-    text = "".join(c if c.isprintable() else "?" for c in text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-# --- "unsupported here": the file may be fine, this machine lacks a decoder ---------
-# Pillow hands some formats to an outside program (EPS/PS: Ghostscript) or an
-# optional library compiled in or not (JPEG 2000: OpenJPEG, AVIF: libavif,
-# WebP: libwebp, ...), and some plugins are stubs that need a handler the
-# application registers (WMF/EMF off Windows, GRIB, BUFR, HDF5, FITS).
-_PILLOW_CODEC_LIBS = {"jpeg2k": "OpenJPEG", "jpeg": "libjpeg", "zip": "zlib", "webp": "libwebp",
-                      "avif": "libavif", "libtiff": "libtiff", "group4": "libtiff",
-                      "tiff_ccitt": "libtiff", "tiff_lzw": "libtiff"}
-_MISSING_CODEC = re.compile(r"decoder (\S+) not available")
-
-
-# Pillow joins a GIF's extension data blocks (comments above all) one by one
-# before the first frame, in time quadratic in their count: 100,000 one-byte
-# blocks (200 KB) take about a second, 2 million (4 MB) minutes. A real GIF
-# has a handful (an XMP packet: about one per 100 bytes of XMP).
-MAX_GIF_EXTENSION_BLOCKS = 16_384
-
-
-def check_structure(data: bytes) -> None:
-    """Refuse (ImageError) a file whose structure would make Pillow's parser
-    spend unbounded CPU before any pixel: one file must not stall a worker
-    (a decode thread cannot be interrupted, so the limit is structural, not a
-    timer). Cheap: walks only the blocks before the first GIF frame, and at
-    most MAX_GIF_EXTENSION_BLOCKS of them."""
-    if data[:6] not in (b"GIF87a", b"GIF89a") or len(data) < 13:
-        return
-    flags = data[10]
-    pos = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
-    blocks, end = 0, len(data)
-    while pos < end and data[pos] == 0x21:    # an extension; 0x2C is the first frame
-        pos += 2                              # introducer and label
-        while pos < end:
-            size = data[pos]
-            pos += 1 + size
-            if not size:
-                break
-            blocks += 1
-            if blocks > MAX_GIF_EXTENSION_BLOCKS:
-                raise ImageError(f"GIF has more than {MAX_GIF_EXTENSION_BLOCKS} extension "
-                                 "data blocks (comments) before its first frame; refused "
-                                 "because parsing them would stall a worker")
-
-
-
-
-def missing_decoder_reason(fmt: str, error: BaseException) -> Optional[str]:
-    """``unsupported here: ...`` naming what this machine lacks to decode a
-    ``fmt`` file, or None when ``error`` is not about a missing decoder."""
-    text = str(error)
-    if "Ghostscript" in text:
-        return (f"unsupported here: {fmt} needs Ghostscript (the gs program), "
-                "which is not installed on this machine")
-    m = _MISSING_CODEC.search(text)
-    if m:
-        lib = _PILLOW_CODEC_LIBS.get(m.group(1))
-        return (f"unsupported here: {fmt} needs Pillow's {m.group(1)} decoder"
-                + (f" ({lib})" if lib else "") + ", which this Pillow build lacks")
-    if "cannot find loader for this" in text:
-        return (f"unsupported here: {fmt} needs a decoder plugin registered with Pillow, "
-                "which this machine lacks")
-    if "support not installed" in text:
-        return f"unsupported here: {text.rsplit('because ', 1)[-1]} in this Pillow build"
-    return None
-
-
-def _load_rgb(data: bytes, need: int, long_side_only: bool = True) -> Image.Image:
-    """Encoded bytes -> upright 8-bit RGB image. Raises ImageError.
-
-    ``need`` is the side in px the caller will resize to: JPEGs decode with
-    DCT scaling at the smallest power-of-two reduction that still covers it
-    (``long_side_only``: only the long side must cover it, as when fitting
-    inside a box), several times less work for photos far larger than that.
-    Animated images (GIF, WebP, multi-page TIFF) use their first frame; EXIF
-    orientation is applied.
-    """
-    if not data:
-        raise ImageError("empty file (0 bytes)")
-    check_structure(data)
-    img = _open(data)
-    fmt = img.format or "image"
-    try:
-        if img.format == "JPEG" and img.width and img.height:
-            if long_side_only:
-                long_side = max(img.width, img.height)
-                need_wh = (-(-need * img.width // long_side), -(-need * img.height // long_side))
-            else:
-                need_wh = (need, need)
-            img.draft("RGB", need_wh)
-        img.load()
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"decompression bomb: {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as e:
-        raise ImageError(_printable(missing_decoder_reason(fmt, e)
-                                    or f"corrupt or truncated {fmt} data: {e}")) from None
-    mode = img.mode
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block: keep the pixels as stored
-        pass
-    try:
-        rgb = _to_rgb(img)
-    except (OSError, ValueError) as e:
-        raise ImageError(_printable(f"unsupported image mode {mode}: {e}")) from None
-    if rgb.width < 1 or rgb.height < 1:
-        raise ImageError(f"image has no pixels ({rgb.width}x{rgb.height})")
-    return rgb
-
-
-def thumbnail_of(rgb: Image.Image, tile: int) -> Thumbnail:
-    """The sprite thumbnail of a decoded image: fits a ``tile`` square, aspect kept."""
-    return Thumbnail.from_image(rgb.resize(fit_within(rgb.width, rgb.height, tile), Image.BILINEAR))
-
-
-def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
-                 resize_mode: str = "pad") -> Tuple[np.ndarray, Thumbnail]:
-    """(model input, thumbnail) of one image from one decode, exactly as the
-    pipeline makes them (``DecodeForModelFn``). Raises ImageError.
-
-    JPEGs decode at the smallest DCT scale that covers both the model's
-    side and the tile, so the thumbnail costs a resize, not a second decode.
-    """
-    rgb = _load_rgb(data, max(max(model_size), tile), long_side_only=resize_mode == "pad")
-    return resize_for_model(rgb, model_size, resize_mode), thumbnail_of(rgb, tile)
-
-
-def check_decodes(data: bytes, tile: int) -> None:
-    """Raise ImageError unless ``data`` decodes. JPEGs decode at thumbnail
-    scale: the check for the margin, whose images are only used if others
-    fail (and are then decoded again, as every used image is, by
-    ``decode_image``)."""
-    _load_rgb(data, tile, long_side_only=True)
-
-
-# How a local path that is not a regular file is named in its errors.tsv row.
-_SPECIAL_FILES = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                  (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
-_READ_CHUNK = 4 * 1024 * 1024
-
-
-def _is_local(ref: str) -> bool:
-    try:
-        return isinstance(FileSystems.get_filesystem(ref), LocalFileSystem)
-    except ValueError:   # unknown scheme: FileSystems.open says so below
-        return False
-
-
-def _size_before_open(ref: str) -> Optional[int]:
-    """The size the file system reports, checked before anything is opened.
-
-    Local paths are stat'ed (following symlinks): a character device
-    (/dev/zero), FIFO (whose open would block), socket or symlink loop is
-    refused here without ever being opened. Other file systems report their
-    object size when they can; None when unknown.
-    """
-    if not _is_local(ref):
-        try:
-            return FileSystems.get_filesystem(ref).metadata(ref).size_in_bytes
-        except Exception:  # noqa: BLE001 - unknown: the bounded read still protects
-            return None
-    try:
-        st = os.stat(ref)
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise ImageError("symlink loop (too many levels of symbolic links)") from None
-        raise ImageError(f"cannot read file: {type(e).__name__}: {e}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageError("is a directory, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _SPECIAL_FILES if test(st.st_mode)), "special file")
-        raise ImageError(f"not a regular file ({kind})")
-    return st.st_size
-
-
-def read_bytes(ref: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
-    """The file through FileSystems (gs://, s3://, local), at most ``max_bytes``.
-
-    Raises ImageError with a one-line reason when the file cannot be read, is
-    not a regular file, or is larger than ``max_bytes``: by the size the file
-    system reports, and in any case the read stops at ``max_bytes`` + 1, so a
-    source that lies about its size (or reports 0) cannot grow memory.
-    """
-    size = _size_before_open(ref)
-    if size is not None and size > max_bytes:
-        raise ImageError(f"file too large: {size} bytes > {max_bytes}")
-    try:
-        with FileSystems.open(ref, compression_type="uncompressed") as f:
-            chunks, total = [], 0
-            want = min(size if size is not None else _READ_CHUNK, max_bytes) + 1
-            while total <= max_bytes:
-                chunk = f.read(min(want, max_bytes + 1 - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-                want = _READ_CHUNK
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory, not an image file") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except OSError as e:
-        raise ImageError(f"cannot read file: {type(e).__name__}: {e}") from None
-    if total > max_bytes:
-        raise ImageError(f"file too large: more than {max_bytes} bytes read > {max_bytes} "
-                         f"(the file system reported {size if size is not None else 'no size'})")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _quiet_if_asked() -> None:
-    """In a local worker process of a quiet run (pipeline/quiet.py), install
-    its Pillow warning filter before this process decodes anything."""
-    if os.environ.get("BEAM_PROJECTOR_QUIET"):
-        from beam_projector.pipeline.quiet import quiet_pillow_warnings
-        quiet_pillow_warnings()
-
-
-def release_free_memory() -> None:
-    """Give memory freed by earlier stages back to the OS (glibc only).
-
-    On the in-process runner every stage runs in one process, and glibc keeps
-    freed buffers (decoded photos, activations) in its per-thread arenas, so
-    a later stage's peak would stack on an earlier one's leftovers.
-    """
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+from beam_projector.transforms.images import (
+    ImageError,
+    check_decodes,
+    decode_image,
+    read_bytes,
+)
+from beam_projector.transforms.records import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    ERRORS_TAG,
+    METRICS_NAMESPACE,
+    ErrorRow,
+    ImageRef,
+)
+from beam_projector.transforms.worker import quiet_if_asked, release_free_memory
 
 
 def _check_one(item: ImageRef, tile: int, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
@@ -410,7 +66,7 @@ class CheckDecodesFn(beam.DoFn):
         self._pool = None
 
     def setup(self):
-        _quiet_if_asked()
+        quiet_if_asked()
         self._pool = ThreadPoolExecutor(self._threads or os.cpu_count() or 1,
                                         thread_name_prefix="check-decodes")
 
@@ -454,7 +110,7 @@ def as_side_input(value):
     return beam.pvalue.AsSingleton(value) if isinstance(value, beam.pvalue.PCollection) else value
 
 
-def _decode_one(item: ImageRef, model_size, tile: int, resize_mode, again: bool = False,
+def _decode_one(item: ImageRef, model_size, tile: int, resize_mode, refill: bool = False,
                 max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
     """(item, (thumbnail, pixels)) or (item, ErrorRow); never raises."""
     stage = "read"
@@ -464,7 +120,7 @@ def _decode_one(item: ImageRef, model_size, tile: int, resize_mode, again: bool 
         pixels, thumb = decode_image(data, model_size, tile, resize_mode)
         return item, (thumb, pixels)
     except Exception as e:  # noqa: BLE001
-        if again:
+        if refill:
             # The image decoded in CheckDecodes moments ago: the file changed
             # or vanished since. It was chosen for the model already, so it
             # is a failure of the embedding stage (counted, not refilled).
@@ -486,19 +142,20 @@ class DecodeForModelFn(beam.DoFn):
     flight are bounded by the block plus one batch, whatever N is; results
     come out in input order. A read or decode failure goes to ``errors``
     with stage read/decode (the caller refills it from the margin); with
-    ``again`` (images already checked, refills) as an embed failure.
+    ``refill`` (margin images already checked, taking failed ones' places)
+    as an embed failure.
     """
 
     def __init__(self, model_size: Tuple[int, int], resize_mode: str = "pad",
                  block: int = 32, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-                 again: bool = False):
+                 refill: bool = False):
         self._max_bytes = max_bytes
         self._model_size = tuple(model_size)
         self._resize_mode = resize_mode
         self._block = max(1, block)
         self._threads = threads
-        self._again = again
-        if again:
+        self._refill = refill
+        if refill:
             self._decoded = None
             self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_embed")
         else:
@@ -509,7 +166,7 @@ class DecodeForModelFn(beam.DoFn):
         self._tile = None
 
     def setup(self):
-        _quiet_if_asked()
+        quiet_if_asked()
         release_free_memory()   # what earlier stages freed, before the model's peak
         self._pool = ThreadPoolExecutor(self._threads or os.cpu_count() or 1,
                                         thread_name_prefix="model-decode")
@@ -534,7 +191,7 @@ class DecodeForModelFn(beam.DoFn):
     def _flush(self, windowed):
         block, self._pending = list(self._pending), collections.deque()
         futures = [self._pool.submit(_decode_one, element, self._model_size, self._tile,
-                                     self._resize_mode, self._again, self._max_bytes)
+                                     self._resize_mode, self._refill, self._max_bytes)
                    for element, _, _ in block]
         # The whole block is decoded before the first image goes on: emitting
         # as each future lands would let the fused model call run while the

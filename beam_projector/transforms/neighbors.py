@@ -28,7 +28,8 @@ import apache_beam as beam
 import numpy as np
 from PIL import Image
 
-from beam_projector.transforms.items import Thumbnail, order_key
+from beam_projector.transforms.records import Thumbnail, order_key
+from beam_projector.transforms.staging import readable
 
 # The centre and PCA basis come from the first PCA_SAMPLE items in output
 # order: exact when N <= PCA_SAMPLE, a deterministic sample beyond.
@@ -306,7 +307,7 @@ def _slim(e, t, label_index, image_index, dims):
     label = item.metadata[label_index] if label_index is not None else None
     image = item.metadata[image_index] if image_index is not None else item.ref
     return (order_key(item), pack_vector(e.vectors[t], dims), label, image,
-            signature(e.thumbnail))
+            signature(readable(e.thumbnail)))
 
 
 def _index_row(slim, proj):

@@ -11,12 +11,11 @@ import collections
 import hashlib
 import heapq
 import math
-import sys
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
 
-from beam_projector.transforms.items import ImageRef, order_key
+from beam_projector.transforms.records import ImageRef, order_key
 
 
 def sample_key(uid: str, seed: int) -> int:
@@ -160,27 +159,6 @@ class FirstCutFn(beam.CombineFn):
         return first_cut(pairs, self._n, self._per_label)
 
 
-class FindCut(beam.PTransform):
-    """Elements -> one ``Cut``: the first ``n`` (after at most ``per_label``
-    per label) in the sample's order. ``item_of`` maps an element to its
-    ImageRef, ``label_of`` an ImageRef to its label (needed with
-    ``per_label``)."""
-
-    def __init__(self, n: int, per_label: Optional[int] = None, item_of=lambda e: e,
-                 label_of=None):
-        super().__init__()
-        if per_label and label_of is None:
-            raise ValueError("a per-label quota needs label_of")
-        self._n, self._per_label = n, per_label
-        self._item_of, self._label_of = item_of, label_of
-
-    def expand(self, elements):
-        item_of, label_of = self._item_of, self._label_of
-        return (elements
-                | "LabelAndKey" >> beam.Map(lambda e: label_and_key(item_of(e), label_of))
-                | "Cut" >> beam.CombineGlobally(FirstCutFn(self._n, self._per_label)))
-
-
 def label_and_key(item: ImageRef, label_of=None):
     """The ``(label, order key)`` pair a cut is computed from."""
     return (label_of(item) if label_of else None), order_key(item)
@@ -196,45 +174,6 @@ def cut_without(failed_keys, pairs, n: int, per_label: Optional[int] = None) -> 
 def kept_by(element, cut: Cut, item_of=lambda e: e, label_of=None) -> bool:
     item = item_of(element)
     return within_cut(order_key(item), label_of(item) if label_of else None, cut)
-
-
-class _KeepFirst(beam.PTransform):
-    """Keep the elements a ``FindCut`` over them keeps (shared by
-    ``KeepFirstN`` and ``KeepFirstPerLabel``); ``cut`` is the singleton
-    PCollection of that Cut after expansion."""
-
-    def __init__(self, n: int, per_label: Optional[int] = None, item_of=lambda e: e,
-                 label_of=None):
-        super().__init__()
-        self._args = (n, per_label, item_of, label_of)
-        self.cut = None
-
-    def expand(self, elements):
-        n, per_label, item_of, label_of = self._args
-        self.cut = elements | "FindCut" >> FindCut(n, per_label, item_of, label_of)
-        return elements | "KeepWithinCut" >> beam.Filter(
-            kept_by, beam.pvalue.AsSingleton(self.cut), item_of, label_of)
-
-
-class KeepFirstN(_KeepFirst):
-    """Keep the ``n`` elements with the smallest keys (the sample's order).
-
-        first = refs | KeepFirstN(1000)
-    """
-
-    def __init__(self, n: int, item_of=lambda e: e):
-        super().__init__(n, item_of=item_of)
-
-
-class KeepFirstPerLabel(_KeepFirst):
-    """Keep, per label, the ``k`` elements with the smallest keys.
-
-        per_label = refs | KeepFirstPerLabel(50, label_index=0)
-    """
-
-    def __init__(self, k: int, label_index: int, item_of=lambda e: e):
-        super().__init__(sys.maxsize, per_label=k, item_of=item_of,
-                         label_of=LabelOf(label_index))
 
 
 class LabelOf:

@@ -36,8 +36,8 @@ from typing import Dict, List, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_projector.transforms.items import StagedThumbnail
-from beam_projector.transforms.lock import describe_io_error, is_local
+from beam_projector.transforms.files import describe_io_error, is_local
+from beam_projector.transforms.records import StagedThumbnail, Thumbnail
 
 LOG = logging.getLogger(__name__)
 
@@ -84,6 +84,32 @@ def read_range(path: str, offset: int, length: int) -> bytes:
         _WINDOW.last = window
     start = offset - window[1]
     return window[2][start:start + length]
+
+
+class _StagedImage:
+    """A staged thumbnail that reads its PNG on use, with a ``Thumbnail``'s
+    interface (``png``, ``image()``, ``digest()``)."""
+
+    def __init__(self, staged: StagedThumbnail):
+        self._staged = staged
+        self.width, self.height = staged.width, staged.height
+
+    @property
+    def png(self) -> bytes:
+        s = self._staged
+        return read_range(s.path, s.offset, s.length)
+
+    def image(self):
+        return Thumbnail(self.width, self.height, self.png).image()
+
+    def digest(self) -> bytes:
+        return self._staged.sha256
+
+
+def readable(thumbnail):
+    """A thumbnail whose pixels can be read: a ``Thumbnail`` as it is, a
+    ``StagedThumbnail`` as an object that reads its staging file on use."""
+    return _StagedImage(thumbnail) if isinstance(thumbnail, StagedThumbnail) else thumbnail
 
 
 class _StageThumbnailsFn(beam.DoFn):
@@ -142,7 +168,7 @@ class StageThumbnails(beam.PTransform):
 
 
 class LocalCopies:
-    """Context manager: thumbnails whose staging files are readable locally.
+    """Context manager: the thumbnails, ``readable``, from local files.
 
     Local staging files are read where they are; remote ones are copied to
     a temporary folder first (deleted on exit), so that reading a tile row
@@ -157,7 +183,7 @@ class LocalCopies:
         paths = {t.path for t in self._thumbnails if isinstance(t, StagedThumbnail)}
         remote = sorted(p for p in paths if not is_local(p))
         if not remote:
-            return list(self._thumbnails)
+            return [readable(t) for t in self._thumbnails]
         self._tmp = tempfile.mkdtemp(prefix="beam-projector-thumbs-")
         local: Dict[str, str] = {}
         for i, path in enumerate(remote):
@@ -165,8 +191,8 @@ class LocalCopies:
             with FileSystems.open(path, compression_type="uncompressed") as src, \
                     open(local[path], "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        return [t._replace(path=local[t.path])
-                if isinstance(t, StagedThumbnail) and t.path in local else t
+        return [readable(t._replace(path=local[t.path])
+                         if isinstance(t, StagedThumbnail) and t.path in local else t)
                 for t in self._thumbnails]
 
     def __exit__(self, *exc):

@@ -1,2 +1,2 @@
-"""Runnable examples of beam-projector as a library (README: "Use it in your
-own pipeline"); ``tests/test_examples.py`` runs each end to end."""
+"""Runnable examples of beam-projector as a library (docs/library.md); the
+tests run each end to end."""

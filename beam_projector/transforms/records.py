@@ -1,7 +1,8 @@
 """The records that flow between stages.
 
 NamedTuples rather than dicts: they pickle small, compare in a stable order and
-make each stage's contract visible in one place.
+make each stage's contract visible in one place. Records hold data only: a
+staged thumbnail is read back by ``staging``, not by its record.
 """
 from typing import NamedTuple, Optional, Tuple
 
@@ -14,10 +15,13 @@ from typing import NamedTuple, Optional, Tuple
 # at this many bytes + 1.
 DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
+
 # Names shared by every stage, in one place: the Beam metrics namespace of
 # every counter (pipeline.progress reads it back), and the tag of every
 # dead-letter output (ErrorRow elements) a step emits beside its main one.
 METRICS_NAMESPACE = "projector"
+
+
 ERRORS_TAG = "errors"
 
 
@@ -33,9 +37,9 @@ class ImageRef(NamedTuple):
 class Thumbnail(NamedTuple):
     """An RGB thumbnail that fits inside a square tile (aspect ratio kept),
     stored as PNG: lossless, and about a third smaller than raw RGB on
-    photos (BENCHMARKS.md, "Memory and shuffle"), which is what every stage
+    photos (docs/benchmarks-history.md, "Memory and shuffle"), which is what every stage
     after the embedding stage holds and shuffles per image. Encoded and
-    decoded with the sprite's own PNG code (``projector.encode_png``), which
+    decoded with the sprite's own PNG code (``png.encode_png``), which
     costs about half of Pillow's per thumbnail ("Throughput, third pass")."""
     width: int
     height: int
@@ -45,7 +49,7 @@ class Thumbnail(NamedTuple):
     def from_image(cls, img) -> "Thumbnail":
         import numpy as np
 
-        from beam_projector.transforms.projector import encode_png
+        from beam_projector.transforms.png import encode_png
         return cls(img.width, img.height, encode_png(np.asarray(img.convert("RGB"))))
 
     @classmethod
@@ -57,7 +61,7 @@ class Thumbnail(NamedTuple):
         """The thumbnail as a PIL RGB image."""
         from PIL import Image
 
-        from beam_projector.transforms.projector import decode_own_png
+        from beam_projector.transforms.png import decode_own_png
         pixels = decode_own_png(self.png)
         if pixels is not None and pixels.shape == (self.height, self.width, 3):
             return Image.fromarray(pixels)
@@ -78,22 +82,14 @@ class Thumbnail(NamedTuple):
 
 
 class StagedThumbnail(NamedTuple):
-    """A ``Thumbnail`` whose PNG waits in a staging file (transforms/staging.py)
-    instead of travelling to the writer: the same interface, read on use."""
+    """A ``Thumbnail`` whose PNG waits in a staging file instead of
+    travelling to the writer (``staging``, which also reads it back)."""
     width: int
     height: int
     path: str
     offset: int
     length: int
     sha256: bytes
-
-    @property
-    def png(self) -> bytes:
-        from beam_projector.transforms.staging import read_range
-        return read_range(self.path, self.offset, self.length)
-
-    def image(self):
-        return Thumbnail(self.width, self.height, self.png).image()
 
     def digest(self) -> bytes:
         return self.sha256

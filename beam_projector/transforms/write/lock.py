@@ -30,7 +30,8 @@ import uuid
 from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.localfilesystem import LocalFileSystem
+
+from beam_projector.transforms.files import is_local
 
 LOG = logging.getLogger(__name__)
 LOCK_NAME = ".beam-projector.lock"
@@ -42,22 +43,6 @@ POLL_S = 0.5
 
 class LockTimeout(RuntimeError):
     """Another run held the publish lock for longer than we wait."""
-
-
-def is_local(path: str) -> bool:
-    return isinstance(FileSystems.get_filesystem(path), LocalFileSystem)
-
-
-def describe_io_error(e: Exception) -> str:
-    """An OSError (also when Beam wraps it in BeamIOError) as '[Errno N] text'."""
-    inner = getattr(e, "exception_details", None)
-    if isinstance(inner, dict) and inner:
-        e = next(iter(inner.values()))
-    while isinstance(e, OSError) and e.errno is None and e.args and isinstance(e.args[0], OSError):
-        e = e.args[0]   # LocalFileSystem wraps an OSError in IOError(err)
-    if isinstance(e, OSError) and e.errno is not None:
-        return f"[Errno {e.errno}] {e.strerror}"
-    return f"{type(e).__name__}: {e}"
 
 
 def _host() -> str:
