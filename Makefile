@@ -23,7 +23,7 @@ AIRFLOW_CONSTRAINTS := dags/constraints-airflow.txt
 AIRFLOW_PACKAGES := "apache-airflow==$(AIRFLOW_VERSION)" \
 	"apache-airflow-providers-apache-beam[google]==6.3.1" "apache-airflow-providers-google==22.8.0"
 
-.PHONY: install demo test clean browser airflow airflow-constraints lock
+.PHONY: install demo test test-fast clean browser airflow airflow-constraints lock
 
 # The lock first, hash-checked (pip refuses a file whose hash differs, and
 # any dependency the lock lacks), then this package on top without touching
@@ -85,6 +85,12 @@ lock:
 
 test: $(STAMP) browser $(AIRFLOW_STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The development loop: every test that runs in seconds (no pipeline runs
+# beyond the unit ones, no browser, Airflow or job service); make test runs
+# everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not browser and not airflow and not cluster" tests
 
 clean:
 	rm -rf build dist *.egg-info test-artifacts

@@ -7,6 +7,22 @@ import pytest  # noqa: E402
 
 import support  # noqa: E402
 
+# Markers by place: the folders that exercise the whole product are slow as a
+# whole, and three files need something beyond the venv. Single slow tests in
+# the unit folders carry @pytest.mark.slow themselves. `make test-fast` runs
+# everything else (pytest.ini lists the markers).
+_SLOW_FOLDERS = ("e2e", "deploy")
+_NEEDS = {"test_browser.py": "browser", "test_airflow.py": "airflow", "test_portable.py": "cluster"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.path
+        if path.parent.name in _SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+        if path.name in _NEEDS:
+            item.add_marker(getattr(pytest.mark, _NEEDS[path.name]))
+
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 
 TB_PREFIX = "/data/plugin/projector"
+# the repository root (this file is tests/support.py)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_digits(folder, count=None, columns=("path", "label")):
@@ -219,3 +221,28 @@ def odd_model(path, kind, side=16):
         raise ValueError(kind)
     model.save(path)
     return path
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under ``folder``."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return out
+
+
+def tiny_assets(tmp_path, n=4):
+    """A writer's assets for ``n`` tiny items, and their WriterConfig."""
+    from beam_projector.transforms.records import Embedded, ImageRef, Thumbnail
+    from beam_projector.transforms.settings import Settings
+    from beam_projector.transforms.write.assets import build_assets
+    from beam_projector.transforms.write.config import WriterConfig
+
+    items = [Embedded(ImageRef(f"u{i}", f"img{i}.png", None, (f"img{i}.png", str(i)), key=i + 1),
+                      Thumbnail.from_rgb(2, 2, bytes([i * 40] * 12)),
+                      (np.arange(3, dtype=np.float32) + i,)) for i in range(n)]
+    cfg = WriterConfig(output=str(tmp_path / "out"), columns=("path", "label"),
+                       tensor_names=("emb",), settings=Settings(tile_size=8, max_items=n))
+    return build_assets(items, cfg), cfg

@@ -49,7 +49,7 @@ class SampleItems(beam.PTransform):
     def __init__(self, n: int, seed: int, per_label: Optional[int] = None,
                  label_index: Optional[int] = None):
         super().__init__()
-        self._n, self._seed = n, seed
+        self._size, self._seed = n, seed   # n: the sample's size (N and any margin)
         self._per_label, self._label_index = per_label, label_index
 
     def expand(self, items):
@@ -63,7 +63,7 @@ class SampleItems(beam.PTransform):
                 | "UnpackPerLabel" >> beam.FlatMap(lambda kv: kv[1]))
         return (
             keyed
-            | "BottomK" >> beam.combiners.Top.Of(self._n, key=order_key, reverse=True)
+            | "BottomK" >> beam.combiners.Top.Of(self._size, key=order_key, reverse=True)
             | "Unpack" >> beam.FlatMap(lambda items: items))
 
 
@@ -131,10 +131,10 @@ class FirstCutFn(beam.CombineFn):
     """
 
     def __init__(self, n: int, per_label: Optional[int] = None):
-        self._n, self._per_label = n, per_label
+        self._keep, self._per_label = n, per_label   # n: how many the cut keeps
 
     def _limit(self) -> int:
-        return self._per_label or self._n
+        return self._per_label or self._keep
 
     def create_accumulator(self):
         return {}   # label (None without a quota) -> keys that may still be kept
@@ -156,7 +156,7 @@ class FirstCutFn(beam.CombineFn):
 
     def extract_output(self, acc):
         pairs = [(label, key) for label, keys in acc.items() for key in keys]
-        return first_cut(pairs, self._n, self._per_label)
+        return first_cut(pairs, self._keep, self._per_label)
 
 
 def label_and_key(item: ImageRef, label_of=None):
