@@ -13,6 +13,10 @@ The public API is re-exported here:
     with beam.Pipeline() as p:
         (p | ReadImages("images.csv", image_column="path")
            | ImagesToProjector(output="logs/run1", model="m.keras", layers=["embedding"]))
+
+or in parts: ``images | EmbedImages(model_or_handler) | WriteToProjector(out,
+columns=[...])``, and ``rows | WriteToProjector(...)`` for vectors computed
+anywhere (docs/library.md).
 """
 import importlib
 
@@ -21,9 +25,12 @@ import importlib
 # worker's unpickling) does not pull in TensorFlow.
 _PUBLIC = {
     "ReadImages": "sources.read", "ReadResult": "sources.read",
-    "ImagesToProjector": "composite", "ProjectorResult": "composite",
     "SampleItems": "sampling",
+    "EmbedImages": "inference", "EmbedResult": "inference",
+    "EmbeddingModelHandler": "inference",
     "NeighborColumns": "neighbors",
+    "WriteToProjector": "write.to_projector", "ProjectorResult": "write.to_projector",
+    "ImagesToProjector": "composite",
     "ModelSpec": "model", "Settings": "settings",
     "ImageRef": "records", "Embedded": "records", "ErrorRow": "records",
 }

@@ -5,7 +5,6 @@ applies the public ``ReadImages`` and ``ImagesToProjector`` (``build``: the
 same graph a library user gets), runs it on whatever runner the Beam options
 name, and completes the run summary. ``cli`` turns it into a command.
 """
-import json
 import logging
 import time
 from typing import List, Optional
@@ -29,8 +28,7 @@ from beam_projector.pipeline.progress import (
     read_counters,
     summary_bytes,
 )
-from beam_projector.transforms.composite import ImagesToProjector
-from beam_projector.transforms.neighbors import NeighborColumns
+from beam_projector.transforms.composite import ImagesToProjector, RunContext
 from beam_projector.transforms.sources.read import ReadImages
 from beam_projector.transforms.staging import delete_staging, staging_dir
 from beam_projector.transforms.write.layout import SUMMARY_NAME
@@ -41,18 +39,17 @@ LOG = logging.getLogger("beam-projector")
 
 def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     """The CLI's graph: the public source and composite, as a library user
-    applies them, from the checked plan."""
+    applies them, from the checked plan; the CLI adds only its progress
+    lines, its run id and the options it records (``RunContext``)."""
     nn = plan.neighbors
-    column_stages = [("Neighbors" >> NeighborColumns(
-        nn.k, nn.tensor_index, nn.label_index, 0, nn.threshold))] if nn else []
     read = p | "ReadInput" >> ReadImages(spec=plan.source,
                                          max_record_bytes=plan.settings.max_image_bytes)
     return read | "Projector" >> ImagesToProjector(
         output=po.output, model=plan.model, columns=plan.source.columns,
-        settings=plan.settings, progress=LogProgress, run_id=plan.run_id,
-        column_stages=column_stages,
-        suspects_label_column=nn.label_column if nn else "",
-        options_json=json.dumps(_options_used(po), sort_keys=True, default=str))
+        settings=plan.settings, neighbors=nn.k if nn else 0,
+        neighbors_tensor=nn.tensor_index if nn else None,
+        duplicate_threshold=nn.threshold if nn else 0.0,
+        run=RunContext(progress=LogProgress, run_id=plan.run_id, options=_options_used(po)))
 
 
 def default_local_runner(options: PipelineOptions) -> None:

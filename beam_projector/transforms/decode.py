@@ -12,11 +12,11 @@ row, never an exception that kills the job.
 import collections
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_projector.transforms.elements import ElementError
 from beam_projector.transforms.images import (
     ImageError,
     check_decodes,
@@ -46,7 +46,7 @@ def _check_one(item: ImageRef, tile: int, max_bytes: int = DEFAULT_MAX_IMAGE_BYT
 
 
 def _reason(e: Exception) -> str:
-    return str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
+    return str(e) if isinstance(e, (ImageError, ElementError)) else f"{type(e).__name__}: {e}"
 
 
 class CheckDecodesFn(beam.DoFn):
@@ -110,27 +110,31 @@ def as_side_input(value):
     return beam.pvalue.AsSingleton(value) if isinstance(value, beam.pvalue.PCollection) else value
 
 
-def _decode_one(item: ImageRef, model_size, tile: int, resize_mode, refill: bool = False,
+def _decode_one(element, images, model_size, tile: int, resize_mode, refill: bool = False,
                 max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
-    """(item, (thumbnail, pixels)) or (item, ErrorRow); never raises."""
-    stage = "read"
+    """(element, (thumbnail, pixels)) or (element, ErrorRow); never raises.
+    ``images`` (``elements.RefImages`` or ``FieldImages``) says where the
+    element's image is and how a failure is reported."""
+    stage = "input"
     try:
-        data = item.content if item.content is not None else read_bytes(item.ref, max_bytes)
+        ref, content = images.source(element)
+        stage = "read"
+        data = content if content is not None else read_bytes(ref, max_bytes)
         stage = "decode"
         pixels, thumb = decode_image(data, model_size, tile, resize_mode)
-        return item, (thumb, pixels)
+        return element, (thumb, pixels)
     except Exception as e:  # noqa: BLE001
         if refill:
             # The image decoded in CheckDecodes moments ago: the file changed
             # or vanished since. It was chosen for the model already, so it
             # is a failure of the embedding stage (counted, not refilled).
-            return item, ErrorRow(item.ref, "embed", "reading it again for the model failed: "
-                                  + _reason(e), item.key)
-        return item, ErrorRow(item.ref, stage, _reason(e), item.key)
+            return element, images.error(element, "embed", "reading it again for the model "
+                                         "failed: " + _reason(e))
+        return element, images.error(element, stage, _reason(e))
 
 
 class DecodeForModelFn(beam.DoFn):
-    """ImageRef -> ((item, thumbnail), model input pixels), a block at a time.
+    """Element -> ((element, thumbnail), model input pixels), a block at a time.
 
     One decode gives the model input and the sprite thumbnail. Elements are
     decoded ``block`` at a time on a thread pool (Pillow releases the GIL,
@@ -143,14 +147,16 @@ class DecodeForModelFn(beam.DoFn):
     come out in input order. A read or decode failure goes to ``errors``
     with stage read/decode (the caller refills it from the margin); with
     ``refill`` (margin images already checked, taking failed ones' places)
-    as an embed failure.
+    as an embed failure. ``images`` reads an element's image
+    (``elements.RefImages`` for ImageRefs, ``FieldImages`` for a user's
+    dicts); the model's (height, width) and the tile come as arguments of
+    ``process``, so either may be a side input known only at run time.
     """
 
-    def __init__(self, model_size: Tuple[int, int], resize_mode: str = "pad",
-                 block: int = 32, threads: int = 0, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-                 refill: bool = False):
+    def __init__(self, images, resize_mode: str = "pad", block: int = 32, threads: int = 0,
+                 max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, refill: bool = False):
+        self._images = images
         self._max_bytes = max_bytes
-        self._model_size = tuple(model_size)
         self._resize_mode = resize_mode
         self._block = max(1, block)
         self._threads = threads
@@ -164,6 +170,7 @@ class DecodeForModelFn(beam.DoFn):
         self._pool = None
         self._pending = None
         self._tile = None
+        self._model_size = None
 
     def setup(self):
         quiet_if_asked()
@@ -178,9 +185,9 @@ class DecodeForModelFn(beam.DoFn):
     def start_bundle(self):
         self._pending = collections.deque()
 
-    def process(self, element, tile, window=beam.DoFn.WindowParam,
+    def process(self, element, tile, model_size, window=beam.DoFn.WindowParam,
                 timestamp=beam.DoFn.TimestampParam):
-        self._tile = tile
+        self._tile, self._model_size = tile, tuple(model_size)
         self._pending.append((element, window, timestamp))
         if len(self._pending) >= self._block:
             yield from self._flush(windowed=False)
@@ -190,18 +197,19 @@ class DecodeForModelFn(beam.DoFn):
 
     def _flush(self, windowed):
         block, self._pending = list(self._pending), collections.deque()
-        futures = [self._pool.submit(_decode_one, element, self._model_size, self._tile,
-                                     self._resize_mode, self._refill, self._max_bytes)
+        futures = [self._pool.submit(_decode_one, element, self._images, self._model_size,
+                                     self._tile, self._resize_mode, self._refill,
+                                     self._max_bytes)
                    for element, _, _ in block]
         # The whole block is decoded before the first image goes on: emitting
         # as each future lands would let the fused model call run while the
         # pool still decodes the rest of the block, and that overlap is what
         # stalls TensorFlow (a batch smaller than the block hit it every turn).
         done = [future.result() for future in futures]
-        for (item, result), (_, window, timestamp) in zip(done, block):
-            yield from self._emit(item, result, window, timestamp, windowed)
+        for (element, result), (_, window, timestamp) in zip(done, block):
+            yield from self._emit(element, result, window, timestamp, windowed)
 
-    def _emit(self, item, result, window, timestamp, windowed):
+    def _emit(self, element, result, window, timestamp, windowed):
         if isinstance(result, ErrorRow):
             self._failed.inc()
             value, tag = result, ERRORS_TAG
@@ -209,7 +217,7 @@ class DecodeForModelFn(beam.DoFn):
             if self._decoded is not None:
                 self._decoded.inc()
             thumb, pixels = result
-            value, tag = ((item, thumb), pixels), None
+            value, tag = ((element, thumb), pixels), None
         if windowed:  # finish_bundle has no current element: say where it goes
             value = WindowedValue(value, timestamp, [window])
         yield beam.pvalue.TaggedOutput(tag, value) if tag else value

@@ -5,13 +5,13 @@ beyond it is only checked, and the margin images that take the places of
 failed ones are embedded in a second pass. ``EmbedFirstN`` is that
 orchestration; the cut arithmetic is ``sampling``'s.
 """
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import apache_beam as beam
 
 from beam_projector.transforms import sampling
 from beam_projector.transforms.decode import CheckDecodes
-from beam_projector.transforms.inference import EmbedImages
+from beam_projector.transforms.inference import embed_refs
 from beam_projector.transforms.model import ModelSpec
 from beam_projector.transforms.records import ErrorRow, TotalChange
 from beam_projector.transforms.settings import Settings
@@ -73,21 +73,18 @@ class EmbedFirstN(beam.PTransform):
     "Memory and shuffle").
     """
 
-    def __init__(self, spec: ModelSpec, model_size: Tuple[int, int], tile,
-                 settings: Settings, label_index: Optional[int] = None, batch_size: int = 8,
-                 stage_to: Optional[str] = None,
+    def __init__(self, spec: ModelSpec, model_size, tile, settings: Settings,
+                 label_index: Optional[int] = None, stage_to: Optional[str] = None,
                  progress: Optional[Callable[[beam.PCollection], beam.PTransform]] = None):
         super().__init__()
         self._spec, self._model_size, self._tile = spec, model_size, tile
         self._settings = settings
         self._label_of = sampling.LabelOf(label_index) if settings.max_per_label else None
-        self._batch_size = batch_size
         self._stage_to, self._progress = stage_to, progress
 
     def _embed(self, refill=False):
-        return EmbedImages(self._spec, self._model_size, self._tile, self._batch_size,
-                           self._settings.resize, max_bytes=self._settings.max_image_bytes,
-                           refill=refill)
+        return embed_refs(self._spec, self._tile, self._model_size, self._settings.resize,
+                          self._settings.max_image_bytes, refill=refill)
 
     def expand(self, sampled):
         label_of = self._label_of
@@ -101,7 +98,8 @@ class EmbedFirstN(beam.PTransform):
             sampling.FirstCutFn(max_items, per_label))
         first, margin = spread | "SplitAtN" >> beam.ParDo(
             _SplitAtCut(label_of), beam.pvalue.AsSingleton(plan)).with_outputs(MARGIN, main="first")
-        embedded, first_errors = first | "Embed" >> self._embed()
+        first_pass = first | "Embed" >> self._embed()
+        embedded, first_errors = first_pass.embedded, first_pass.errors
         margin_ok, margin_errors = margin | "CheckMargin" >> CheckDecodes(
             self._tile, max_bytes=self._settings.max_image_bytes)
         failed_first = first_errors | "RefillableFailures" >> beam.Filter(_refillable)
@@ -114,7 +112,8 @@ class EmbedFirstN(beam.PTransform):
             sampling.cut_without, beam.pvalue.AsList(pairs), max_items, per_label)
         refills = margin_ok | "Refills" >> beam.Filter(
             sampling.kept_by, beam.pvalue.AsSingleton(final), label_of=label_of)
-        refilled, refill_errors = refills | "EmbedRefills" >> self._embed(refill=True)
+        refill_pass = refills | "EmbedRefills" >> self._embed(refill=True)
+        refilled, refill_errors = refill_pass.embedded, refill_pass.errors
         planned = plan | "CountPlanned" >> beam.Map(_cut_count)
         if self._progress is not None:
             # One count over both branches (a LogProgress shares its count

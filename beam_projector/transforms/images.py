@@ -253,6 +253,13 @@ def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
     return resize_for_model(rgb, model_size, resize_mode), thumbnail_of(rgb, tile)
 
 
+def thumbnail_image(data: bytes, tile: int) -> Thumbnail:
+    """The sprite thumbnail of encoded image bytes, decoded at thumbnail
+    scale (JPEG DCT scaling): for rows whose vectors came from elsewhere.
+    Raises ImageError."""
+    return thumbnail_of(_load_rgb(data, tile, long_side_only=True), tile)
+
+
 def check_decodes(data: bytes, tile: int) -> None:
     """Raise ImageError unless ``data`` decodes. JPEGs decode at thumbnail
     scale: the check for the margin, whose images are only used if others

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import threading
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
@@ -68,9 +68,11 @@ ACCEPTED = ("a Keras .keras or .h5 file, or a TensorFlow SavedModel directory "
 # pass"; BENCHMARKS.md, "Batch size");
 # small inputs (64 px: 32) keep the per-call overhead low.
 AUTO_BATCH_PIXELS = 6 * 224 * 224
-
-
 AUTO_BATCH_MAX = 32
+# The batch when the input size cannot be read from the file before loading
+# (an unusual Keras config, a model whose input size is only known at run
+# time): a model of 224 px at 8 a call holds ~140 MB of activations.
+FALLBACK_BATCH = 8
 
 
 def auto_batch_size(input_size) -> int:
@@ -455,6 +457,119 @@ def _saved_model(path: str, spec: ModelSpec) -> EmbeddingModel:
     if frozen is None:
         model._keepalive = loaded  # the signature needs its object graph alive
     return model
+
+
+class ModelInfo(NamedTuple):
+    """What the graph needs to know of a loaded model, learnt at run time."""
+    input_size: Tuple[int, int]     # (height, width) images are resized to
+    names: Tuple[str, ...]          # one tensor name per embedding
+    batch_size: int                 # rows of every model call
+
+
+def describe_model(spec: "ModelSpec") -> ModelInfo:
+    """Load ``spec`` (once per process, ``shared_embedding_model``) and say
+    what the graph needs of it. Raises ModelError naming what to fix."""
+    model = shared_embedding_model(spec)
+    return ModelInfo(tuple(model.input_size[:2]), tuple(model.names), model.batch_size)
+
+
+def _keras_config_input_size(config: dict) -> Optional[Tuple[int, int]]:
+    """(height, width) of the first InputLayer of a Keras 3 model config."""
+    layers = (config.get("config") or {}).get("layers") or []
+    for layer in layers:
+        shape = (layer.get("config") or {}).get("batch_shape")
+        if layer.get("class_name") == "InputLayer" and shape and len(shape) == 4:
+            return shape[1], shape[2]
+    build = (config.get("build_config") or {}).get("input_shape")   # a Sequential model
+    return (build[1], build[2]) if build and len(build) == 4 else None
+
+
+def _varint(data: bytes, i: int) -> Tuple[int, int]:
+    shift = value = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _saved_model_input_size(data: bytes, signature: str) -> Optional[Tuple[int, int]]:
+    """(height, width) of a signature's one input, read from saved_model.pb.
+
+    Why by hand: the SavedModel message is two fields (a version and the
+    MetaGraphDefs); TensorBoard ships the MetaGraphDef proto, but not the
+    SavedModel one, and TensorFlow's import alone costs seconds."""
+    from tensorboard.compat.proto import meta_graph_pb2
+
+    i = 0
+    while i < len(data):
+        tag, i = _varint(data, i)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, i = _varint(data, i)
+            continue
+        if wire != 2:
+            return None
+        length, i = _varint(data, i)
+        if field == 2:
+            graph = meta_graph_pb2.MetaGraphDef.FromString(data[i:i + length])
+            inputs = graph.signature_def[signature].inputs if signature in graph.signature_def else {}
+            if len(inputs) == 1:
+                dims = [d.size for d in next(iter(inputs.values())).tensor_shape.dim]
+                if len(dims) == 4:
+                    return dims[1], dims[2]
+        i += length
+    return None
+
+
+def peek_input_size(spec: "ModelSpec") -> Optional[Tuple[int, int]]:
+    """The model's (height, width) read from its files without loading it, or
+    None when they do not say (then the model says so when it loads).
+
+    Lets a graph be built without the model: the batch size RunInference
+    batches to must be known then, and it depends on the input size
+    (``auto_batch_size``). A .keras file is a zip holding config.json; an
+    .h5 file keeps the same JSON in an attribute; a SavedModel's signature
+    is in saved_model.pb."""
+    import json
+
+    uri = spec.uri.rstrip("/")
+    size = None
+    try:
+        if uri.endswith(".keras"):
+            import zipfile
+            with FileSystems.open(uri, compression_type="uncompressed") as f:
+                with zipfile.ZipFile(f) as z:
+                    size = _keras_config_input_size(json.loads(z.read("config.json")))
+        elif uri.endswith(KERAS_SUFFIXES):
+            import h5py
+            with FileSystems.open(uri, compression_type="uncompressed") as f:
+                with h5py.File(f, "r") as h5:
+                    raw = h5.attrs.get("model_config")
+                    size = _keras_config_input_size(json.loads(raw)) if raw else None
+        else:
+            with FileSystems.open(uri + "/saved_model.pb",
+                                  compression_type="uncompressed") as f:
+                size = _saved_model_input_size(f.read(), spec.signature)
+    except Exception:  # noqa: BLE001 - unreadable here: the load will say why
+        return None
+    if spec.image_size:
+        return tuple(spec.image_size)
+    if size is None or None in size or min(s for s in size) < 1:
+        return None
+    return int(size[0]), int(size[1])
+
+
+def with_batch_size(spec: "ModelSpec") -> "ModelSpec":
+    """``spec`` with a concrete ``batch_size``: as given, else sized from the
+    input size its files state (``peek_input_size``), else FALLBACK_BATCH.
+    The workers trace exactly that batch, which RunInference batches to."""
+    if spec.batch_size:
+        return spec
+    size = peek_input_size(spec)
+    return spec.replace(batch_size=auto_batch_size(size) if size else FALLBACK_BATCH)
 
 
 def load_embedding_model(spec: ModelSpec) -> EmbeddingModel:

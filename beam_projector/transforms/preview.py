@@ -161,6 +161,8 @@ def render_preview(thumbnails: Sequence, matrix, tile: int,
     canvas = Image.new("RGB", (grid * cell, grid * cell), background)
     for i in order:
         th = thumbnails[i]
+        if th is None:   # a row written without a picture
+            continue
         im = th.image()
         size = fit_within(th.width, th.height, inner)
         if size != im.size:

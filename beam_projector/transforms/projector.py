@@ -82,7 +82,7 @@ def sprite_rows(thumbnails: Sequence, tile: int) -> Iterable[np.ndarray]:
         strip = Image.new("RGBA", (per_side * tile, tile), (0, 0, 0, 0))
         for col in range(per_side):
             i = row * per_side + col
-            if i < len(thumbnails):
+            if i < len(thumbnails) and thumbnails[i] is not None:   # None: no picture
                 _paste_tile(strip, thumbnails[i], tile, col * tile, 0)
         yield np.asarray(strip)
 

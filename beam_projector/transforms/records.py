@@ -103,11 +103,14 @@ class Embedded(NamedTuple):
 
 
 class ErrorRow(NamedTuple):
-    """A dead-letter row: which item, at which stage, and why."""
+    """A dead-letter row: which item, at which stage, and why. ``fields``:
+    the failed element's own identifying fields, (name, value) pairs, so a
+    library user can trace it back (errors.tsv shows them in ``ref``)."""
     ref: str
     stage: str
     reason: str
     key: int = 0
+    fields: Tuple[Tuple[str, str], ...] = ()
 
 
 class TotalChange(NamedTuple):

@@ -123,10 +123,15 @@ class _StageThumbnailsFn(beam.DoFn):
 
     def process(self, e):
         th = e.thumbnail
-        if isinstance(th, StagedThumbnail):
+        if th is None or isinstance(th, StagedThumbnail):   # no picture, or staged already
             yield e
             return
         if self._file is None:
+            # this worker process holds the folder while it lives (a publish
+            # sweeps only folders no live process holds, see hold_staging),
+            # from its first thumbnail: a run that fails before staging
+            # anything leaves nothing behind
+            hold_staging(self._folder)
             # a retried bundle writes a new file; the failed attempt's is
             # swept with the folder
             self._path = FileSystems.join(self._folder, uuid.uuid4().hex[:16] + _SUFFIX)

@@ -147,8 +147,10 @@ def test_a_vector_does_not_depend_on_how_the_images_are_split(setup, tmp_path, m
         parts = np.concatenate([loaded.embed(images[i:i + size])[0]
                                 for i in range(0, len(images), size)])
         assert parts.tobytes() == whole.tobytes(), size
-    handler = EmbeddingModelHandler(spec, batch_size=16)
+    handler = EmbeddingModelHandler(spec)
+    assert handler.batch_elements_kwargs()["max_batch_size"] == 16
     for start, size in ((0, 1), (9, 7), (4, 5)):
         part = handler.run_inference(list(images[start:start + size]), loaded)
-        for i, v in enumerate(part):
-            assert v[0].tobytes() == whole[start + i].tobytes(), (size, start, i)
+        for i, result in enumerate(part):
+            (vector,) = result.inference.values()
+            assert vector.tobytes() == whole[start + i].tobytes(), (size, start, i)

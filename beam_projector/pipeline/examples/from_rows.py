@@ -1,8 +1,8 @@
 """Your own PCollection of image bytes + metadata -> a projector logdir.
 
 ``beam.Create`` stands in for any source you already have (BigQuery rows,
-a Kafka topic dumped to files, a TFX ExampleGen): each element becomes
-``(encoded image bytes, {column: value})``.
+a Kafka topic dumped to files, a TFX ExampleGen): each element is a dict
+with the encoded image bytes (``png``) and the metadata fields.
 
     python -m beam_projector.pipeline.examples.from_rows --model m.keras --layer embedding --output logs/rows
 """
@@ -38,9 +38,9 @@ def run(rows, output, model, layer, max_items=200, beam_args=()):
     with beam.Pipeline(options=options) as p:
         (p
          | "Rows" >> beam.Create(rows)
-         | "ToImages" >> beam.Map(lambda row: (row["png"], {"id": row["id"], "label": row["label"]}))
          | "Projector" >> ImagesToProjector(output=output, model=model, layers=[layer],
-                                            columns=["id", "label"], max_items=max_items, seed=0))
+                                            columns=["id", "label"], image_field="png",
+                                            max_items=max_items, seed=0))
 
 
 def main(argv=None):

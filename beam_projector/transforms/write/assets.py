@@ -101,9 +101,12 @@ def _binary_is_readable(matrix: np.ndarray) -> bool:
 def sprite_tile(thumbnails: Sequence, requested: int) -> int:
     """The sprite's tile: what ``requested`` allows for this many images
     within 8192 px, and no larger than the thumbnails that were made (they
-    were cut before the final count was known, for at most N items)."""
-    largest = max(max(t.width, t.height) for t in thumbnails)
-    return max(1, min(projector.tile_size_for(len(thumbnails), requested), largest))
+    were cut before the final count was known, for at most N items); 0 when
+    no row has a picture (vectors written without images: no sprite)."""
+    sides = [max(t.width, t.height) for t in thumbnails if t is not None]
+    if not sides:
+        return 0
+    return max(1, min(projector.tile_size_for(len(thumbnails), requested), max(sides)))
 
 
 def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
@@ -145,17 +148,18 @@ def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
     h.update(METADATA_NAME.encode() + b"\0" + hashlib.sha256(meta).digest())
     thumbnails = [e.thumbnail for e in kept]
     tile = sprite_tile(thumbnails, cfg.settings.tile_size)
-    side = projector.tiles_per_side(n) * tile
-    files.append(Asset(SPRITE_NAME, lambda f: write_png_rows(
-        f, side, side, projector.sprite_rows(thumbnails, tile))))
-    # the sprite is a pure function of the thumbnails (lossless PNGs) and the tile
-    h.update(f"{SPRITE_NAME}\0{tile}\0{n}\0".encode())
-    for th in thumbnails:
-        h.update(th.digest())
-    # The preview is a view of these assets, not one TensorBoard reads: it
-    # stays out of the digest and goes to the root (see publish).
     png = None
-    if cfg.settings.preview:
-        m = min(n, PREVIEW_MAX_POINTS)
-        png = png_bytes(preview.render_preview(thumbnails[:m], matrices[0][:m], tile))
+    if tile:
+        side = projector.tiles_per_side(n) * tile
+        files.append(Asset(SPRITE_NAME, lambda f: write_png_rows(
+            f, side, side, projector.sprite_rows(thumbnails, tile))))
+        # the sprite is a pure function of the thumbnails (lossless PNGs) and the tile
+        h.update(f"{SPRITE_NAME}\0{tile}\0{n}\0".encode())
+        for th in thumbnails:
+            h.update(th.digest() if th is not None else b"no picture")
+        # The preview is a view of these assets, not one TensorBoard reads: it
+        # stays out of the digest and goes to the root (see publish).
+        if cfg.settings.preview:
+            m = min(n, PREVIEW_MAX_POINTS)
+            png = png_bytes(preview.render_preview(thumbnails[:m], matrices[0][:m], tile))
     return Assets(files, tensors, h.hexdigest()[:16], tile, standalone_tensors, png)

@@ -142,6 +142,11 @@ def _temp_paths(out: str, tag: str) -> List[str]:
     return [join(out, name + f".tmp-{tag}") for name in ROOT_FILES + (MANIFEST_NAME,)]
 
 
+def _sprite_path(folder: str, assets: Assets) -> Optional[str]:
+    """The sprite's path in the config; None when no row has a picture."""
+    return posixpath.join(folder, SPRITE_NAME) if assets.tile else None
+
+
 def _root_payloads(assets: Assets, cfg: WriterConfig, folder: str, config: str,
                    reported_errors: Sequence[ErrorRow],
                    suspects: Optional[bytes] = None) -> List[Tuple[str, bytes]]:
@@ -159,7 +164,7 @@ def _root_payloads(assets: Assets, cfg: WriterConfig, folder: str, config: str,
         out[standalone.STANDALONE_CONFIG_NAME] = standalone.config_json(
             [(name, shape, posixpath.join(folder, path))
              for name, shape, path in assets.standalone_tensors],
-            posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME),
+            posixpath.join(folder, METADATA_NAME), _sprite_path(folder, assets),
             assets.tile).encode("utf-8")
     return [(name, out[name]) for name in ROOT_FILES if name in out]
 
@@ -203,7 +208,7 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
     folder = DATA_PREFIX + assets.digest
     config = projector.projector_config_text(
         [(name, shape, posixpath.join(folder, path)) for name, shape, path in assets.tensors],
-        posixpath.join(folder, METADATA_NAME), posixpath.join(folder, SPRITE_NAME), assets.tile)
+        posixpath.join(folder, METADATA_NAME), _sprite_path(folder, assets), assets.tile)
     payloads = _root_payloads(assets, cfg, folder, config, reported_errors, suspects)
     names = [n for n, _ in payloads]
     tag = cfg.run_id if TEMP_TAG.match(cfg.run_id or "") else uuid.uuid4().hex

@@ -84,7 +84,7 @@ class _WriteLogdirFn(beam.DoFn):
         self._cfg = cfg
         self._widths = tuple(column_widths)
 
-    def process(self, keyed):
+    def process(self, keyed, names=None):
         release_free_memory()
         _, tagged = keyed
         embedded, errors = [], []
@@ -97,7 +97,7 @@ class _WriteLogdirFn(beam.DoFn):
             else:
                 key, values = v
                 tables[tag][key] = tuple(values)
-        cfg = self._cfg
+        cfg = self._cfg if names is None else self._cfg._replace(tensor_names=tuple(names))
         kept, counted, reported = select_for_publish(embedded, errors, cfg.settings.max_items)
         del embedded
         kept = join_columns(kept, tables, self._widths)
@@ -142,13 +142,16 @@ class WriteProjectorLogdir(beam.PTransform):
     Each column table is a PCollection of (order key, values) pairs, joined
     onto the items' metadata in this one stage (``column_widths``: how many
     values each table gives), so the items do not wait for the stages that
-    compute them.
+    compute them. ``names``: a PCollection of the tensor names, when only the
+    running pipeline knows them (the model's own, learnt on a worker);
+    otherwise ``cfg.tensor_names``.
     """
 
-    def __init__(self, cfg: WriterConfig, column_widths: Sequence[int] = ()):
+    def __init__(self, cfg: WriterConfig, column_widths: Sequence[int] = (), names=None):
         super().__init__()
         self._cfg = cfg
         self._widths = tuple(column_widths)
+        self._names = names
 
     def expand(self, pcolls):
         embedded, errors, *tables = pcolls
@@ -161,4 +164,5 @@ class WriteProjectorLogdir(beam.PTransform):
         return ((ok, bad, *tagged)
                 | "Together" >> beam.Flatten()
                 | "OneStage" >> beam.GroupByKey()
-                | "Write" >> beam.ParDo(_WriteLogdirFn(self._cfg, self._widths)))
+                | "Write" >> beam.ParDo(_WriteLogdirFn(self._cfg, self._widths), *(
+                    [beam.pvalue.AsSingleton(self._names)] if self._names is not None else [])))
