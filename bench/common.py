@@ -101,7 +101,9 @@ def run_child(cmd: Sequence[str], env: Optional[Dict[str, str]] = None,
         stderr = err.read().decode("utf-8", "replace")
     return {"cmd": " ".join(shlex.quote(c) for c in cmd), "rc": proc.returncode,
             "timed_out": bool(killed), "wall_s": round(wall, 3),
-            "maxrss_mib": round(usage.ru_maxrss / 1024, 1), "stdout": stdout, "stderr": stderr}
+            "maxrss_mib": round(usage.ru_maxrss / 1024, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),   # the child's own CPU
+            "stdout": stdout, "stderr": stderr}
 
 
 def check(result: Dict, what: str) -> Dict:

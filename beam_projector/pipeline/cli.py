@@ -5,6 +5,7 @@ line on stderr and an exit code (2: usage, found before any work; 1: the
 job failed).
 """
 import logging
+import os
 import re
 import sys
 from typing import List, Optional
@@ -64,6 +65,19 @@ def failure_line(text: str, type_name: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux: /proc), so the imports
+    before ``main`` are counted too; 0 where /proc is missing."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     wanted = help_requested(argv)
@@ -71,15 +85,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(format_beam_help() if wanted == "beam" else format_help(), end="")
         return 0
     try:
+        launcher = {"imports": round(process_age(), 2)}
         argv = expand_config(argv)
         # before anything imports TensorFlow (make_plan loads the model)
         level = level_from_argv(argv)
         import_tensorflow_quietly(level)
         configure_logging(level)
-        from beam_projector.pipeline.run import (
-            run,  # imports Beam's runners, TensorFlow
-        )
-        summary = run(argv)
+        from beam_projector.pipeline.run import run   # Beam's runners
+        launcher["tensorflow"] = round(process_age() - launcher["imports"], 2)
+        summary = run(argv, launcher)
     except UsageError as e:
         print(f"beam-projector: error: {e}", file=sys.stderr)
         return 2

@@ -89,21 +89,26 @@ def _hide_relayed_tracebacks() -> None:
         root.addFilter(_RelayedTracebacks())
 
 
-def run(argv: Optional[List[str]] = None) -> dict:
+def run(argv: Optional[List[str]] = None, launcher: Optional[dict] = None) -> dict:
     """Run the pipeline; returns the summary counts. Raises UsageError early.
 
     ``--config FILE`` is expanded into flags first (the command line wins).
+    ``launcher``: seconds the command spent before this (``imports``,
+    ``tensorflow``), completed here and recorded in run_summary.json.
     """
+    launcher = dict(launcher or {})
     run_started = time.time()
     argv = expand_config(argv)
     options = PipelineOptions(argv)
     po = options.view_as(ProjectorOptions)
-    plan = make_plan(po)
+    plan = make_plan(po)   # detects the input, loads and checks the model, probes the output
     default_local_runner(options)
     started = time.time()
+    launcher["checks_and_model"] = round(started - run_started, 2)
     p = beam.Pipeline(options=options)
     build(p, po, plan)
     _hide_relayed_tracebacks()
+    launcher["graph"] = round(time.time() - started, 2)
     try:
         result = p.run()
         result.wait_until_finish()
@@ -111,6 +116,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
         end_live_line()
         # the writer removes it once it has published; this covers a failed job
         delete_staging(staging_dir(po.output, plan.run_id))
+    launcher["job"] = round(time.time() - started - launcher["graph"], 2)
     counts = read_counters(result)
     summary = {k: counts.get(k, 0) for k in COUNTERS}
     summary["seconds"] = round(time.time() - started, 2)
@@ -123,9 +129,12 @@ def run(argv: Optional[List[str]] = None) -> dict:
         "run_id": plan.run_id, "counters": {k: summary[k] for k in COUNTERS},
         "all_counters": counts, "options": _options_used(options),
         "pipeline_seconds": summary["seconds"],
-        "wall_seconds": round(time.time() - run_started, 2)}
+        "wall_seconds": round(time.time() - run_started, 2),
+        "launcher_seconds": launcher}
     if plan.source is not None and plan.source.tfds:
         record["tfds"] = summary["tfds"] = dict(plan.source.tfds)
+    # what is left after the job is the summary's own write, done next
+    launcher["after_job"] = round(time.time() - started - launcher["graph"] - launcher["job"], 2)
     try:
         if update_summary(po.output, plan.run_id, summary_bytes(record)):
             LOG.debug("run summary written to %s", FileSystems.join(po.output, SUMMARY_NAME))

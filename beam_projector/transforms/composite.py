@@ -19,15 +19,27 @@ import apache_beam as beam
 
 from beam_projector.transforms import sampling
 from beam_projector.transforms.checks import check_model, check_output
-from beam_projector.transforms.elements import (ElementError, dead_letter, fields_of,
-                                                image_source, metadata_of)
+from beam_projector.transforms.elements import (
+    ElementError,
+    dead_letter,
+    fields_of,
+    image_source,
+    metadata_of,
+)
 from beam_projector.transforms.first_n import EmbedFirstN
 from beam_projector.transforms.inference import DescribeModel
 from beam_projector.transforms.model import ModelInfo, ModelSpec, with_batch_size
-from beam_projector.transforms.neighbors import DEFAULT_DUPLICATE_THRESHOLD, NeighborColumns
+from beam_projector.transforms.neighbors import (
+    DEFAULT_DUPLICATE_THRESHOLD,
+    NeighborColumns,
+)
 from beam_projector.transforms.projector import tile_size_for
-from beam_projector.transforms.records import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG,
-                                               METRICS_NAMESPACE, ImageRef)
+from beam_projector.transforms.records import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    ERRORS_TAG,
+    METRICS_NAMESPACE,
+    ImageRef,
+)
 from beam_projector.transforms.settings import Settings
 from beam_projector.transforms.sources.read import ERRORS, IMAGES
 from beam_projector.transforms.staging import StageThumbnails, staging_dir

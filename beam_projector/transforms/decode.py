@@ -11,6 +11,7 @@ row, never an exception that kills the job.
 """
 import collections
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
@@ -30,19 +31,21 @@ from beam_projector.transforms.records import (
     ErrorRow,
     ImageRef,
 )
+from beam_projector.transforms.timing import StageTimer, cpu_counter
 from beam_projector.transforms.worker import quiet_if_asked, release_free_memory
 
 
 def _check_one(item: ImageRef, tile: int, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
-    """The ImageRef if it reads and decodes, else its ErrorRow; never raises."""
-    stage = "read"
+    """(the ImageRef if it reads and decodes, else its ErrorRow; its thread
+    CPU seconds); never raises."""
+    started, stage = time.thread_time(), "read"
     try:
         data = item.content if item.content is not None else read_bytes(item.ref, max_bytes)
         stage = "decode"
         check_decodes(data, tile)
     except Exception as e:  # noqa: BLE001 - any failure is this image's, not the job's
-        return ErrorRow(item.ref, stage, _reason(e), item.key)
-    return item
+        return ErrorRow(item.ref, stage, _reason(e), item.key), time.thread_time() - started
+    return item, time.thread_time() - started
 
 
 def _reason(e: Exception) -> str:
@@ -63,6 +66,7 @@ class CheckDecodesFn(beam.DoFn):
         self._threads = threads
         self._decoded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "decoded")
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_decode")
+        self._cpu = cpu_counter("check")
         self._pool = None
 
     def setup(self):
@@ -75,8 +79,9 @@ class CheckDecodesFn(beam.DoFn):
             self._pool.shutdown(wait=False)
 
     def process(self, batch, tile):
-        for result in self._pool.map(
+        for result, cpu in self._pool.map(
                 lambda item: _check_one(item, tile, self._max_bytes), batch):
+            self._cpu.inc(int(round(cpu * 1000)))
             if isinstance(result, ErrorRow):
                 self._failed.inc()
                 yield beam.pvalue.TaggedOutput(ERRORS_TAG, result)
@@ -112,25 +117,29 @@ def as_side_input(value):
 
 def _decode_one(element, images, model_size, tile: int, resize_mode, refill: bool = False,
                 max_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
-    """(element, (thumbnail, pixels)) or (element, ErrorRow); never raises.
-    ``images`` (``elements.RefImages`` or ``FieldImages``) says where the
-    element's image is and how a failure is reported."""
+    """(element, (thumbnail, pixels) or ErrorRow, (CPU seconds, of which the
+    thumbnail's)); never raises. ``images`` (``elements.RefImages`` or
+    ``FieldImages``) says where the element's image is and how a failure is
+    reported."""
+    started, spent = time.thread_time(), []
     stage = "input"
     try:
         ref, content = images.source(element)
         stage = "read"
         data = content if content is not None else read_bytes(ref, max_bytes)
         stage = "decode"
-        pixels, thumb = decode_image(data, model_size, tile, resize_mode)
-        return element, (thumb, pixels)
+        pixels, thumb = decode_image(data, model_size, tile, resize_mode, spent)
+        result = (thumb, pixels)
     except Exception as e:  # noqa: BLE001
         if refill:
             # The image decoded in CheckDecodes moments ago: the file changed
             # or vanished since. It was chosen for the model already, so it
             # is a failure of the embedding stage (counted, not refilled).
-            return element, images.error(element, "embed", "reading it again for the model "
-                                         "failed: " + _reason(e))
-        return element, images.error(element, stage, _reason(e))
+            result = images.error(element, "embed", "reading it again for the model "
+                                  "failed: " + _reason(e))
+        else:
+            result = images.error(element, stage, _reason(e))
+    return element, result, (time.thread_time() - started, sum(spent))
 
 
 class DecodeForModelFn(beam.DoFn):
@@ -171,6 +180,8 @@ class DecodeForModelFn(beam.DoFn):
         self._pending = None
         self._tile = None
         self._model_size = None
+        self._timer = StageTimer("decode")
+        self._thumbnail_cpu = cpu_counter("thumbnail")
 
     def setup(self):
         quiet_if_asked()
@@ -205,8 +216,12 @@ class DecodeForModelFn(beam.DoFn):
         # as each future lands would let the fused model call run while the
         # pool still decodes the rest of the block, and that overlap is what
         # stalls TensorFlow (a batch smaller than the block hit it every turn).
+        waited = time.perf_counter()
         done = [future.result() for future in futures]
-        for (element, result), (_, window, timestamp) in zip(done, block):
+        # the wall time this stage waited on the pool; the CPU the pool spent
+        self._timer.add(sum(cpu for _, _, (cpu, _) in done), time.perf_counter() - waited)
+        self._thumbnail_cpu.inc(int(round(1000 * sum(t for _, _, (_, t) in done))))
+        for (element, result, _), (_, window, timestamp) in zip(done, block):
             yield from self._emit(element, result, window, timestamp, windowed)
 
     def _emit(self, element, result, window, timestamp, windowed):

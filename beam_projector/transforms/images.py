@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import struct
+import time
 from typing import Optional, Tuple
 
 import numpy as np
@@ -242,15 +243,22 @@ def thumbnail_of(rgb: Image.Image, tile: int) -> Thumbnail:
 
 
 def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
-                 resize_mode: str = "pad") -> Tuple[np.ndarray, Thumbnail]:
+                 resize_mode: str = "pad", spent: Optional[list] = None
+                 ) -> Tuple[np.ndarray, Thumbnail]:
     """(model input, thumbnail) of one image from one decode, exactly as the
     pipeline makes them (``DecodeForModelFn``). Raises ImageError.
 
     JPEGs decode at the smallest DCT scale that covers both the model's
     side and the tile, so the thumbnail costs a resize, not a second decode.
+    ``spent``: a list the thumbnail's thread CPU seconds are appended to.
     """
     rgb = _load_rgb(data, max(max(model_size), tile), long_side_only=resize_mode == "pad")
-    return resize_for_model(rgb, model_size, resize_mode), thumbnail_of(rgb, tile)
+    pixels = resize_for_model(rgb, model_size, resize_mode)
+    started = time.thread_time()
+    thumbnail = thumbnail_of(rgb, tile)
+    if spent is not None:
+        spent.append(time.thread_time() - started)
+    return pixels, thumbnail
 
 
 def thumbnail_image(data: bytes, tile: int) -> Thumbnail:

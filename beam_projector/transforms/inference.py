@@ -12,17 +12,38 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, PredictionResult,
-                                           RunInference)
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
 
 from beam_projector.transforms.decode import DecodeForModelFn, as_side_input
-from beam_projector.transforms.elements import (ElementError, FieldImages, RefImages, as_dict,
-                                                fields_of, vector_of)
+from beam_projector.transforms.elements import (
+    ElementError,
+    FieldImages,
+    RefImages,
+    as_dict,
+    fields_of,
+    vector_of,
+)
 from beam_projector.transforms.images import RESIZE_MODES
-from beam_projector.transforms.model import (EmbeddingModel, ModelInfo, ModelSpec, describe_model,
-                                             shared_embedding_model, with_batch_size)
-from beam_projector.transforms.records import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG,
-                                               METRICS_NAMESPACE, Embedded)
+from beam_projector.transforms.model import (
+    EmbeddingModel,
+    ModelInfo,
+    ModelSpec,
+    describe_model,
+    shared_embedding_model,
+    with_batch_size,
+)
+from beam_projector.transforms.records import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    ERRORS_TAG,
+    METRICS_NAMESPACE,
+    Embedded,
+)
+from beam_projector.transforms.timing import StageTimer
 from beam_projector.transforms.worker import quiet_if_asked
 
 # Images decoded for the model per turn of the thread pool, whatever the
@@ -48,6 +69,14 @@ class EmbeddingModelHandler(ModelHandler):
         quiet_if_asked(tensorflow=True)   # a local worker process of a quiet run
         return shared_embedding_model(self.spec)
 
+    def _timer(self) -> StageTimer:
+        # process CPU: TensorFlow runs the call on its own thread pool, and
+        # nothing else of the fused stage runs during it (decode takes turns)
+        timer = getattr(self, "_model_timer", None)
+        if timer is None:
+            timer = self._model_timer = StageTimer("model", process_cpu=True)
+        return timer
+
     def run_inference(self, batch, model: EmbeddingModel, inference_args=None):
         # ``embed`` runs the model at its one batch shape, padding a short
         # batch, so a vector does not depend on how bundles were split; the
@@ -55,7 +84,8 @@ class EmbeddingModelHandler(ModelHandler):
         padding = -len(batch) % model.batch_size
         if padding:
             beam.metrics.Metrics.counter(METRICS_NAMESPACE, "padding_rows").inc(padding)
-        mats = model.embed(np.stack(batch))
+        with self._timer().measure():
+            mats = model.embed(np.stack(batch))
         return [PredictionResult(x, {name: m[i] for name, m in zip(model.names, mats)})
                 for i, x in enumerate(batch)]
 

@@ -30,6 +30,7 @@ from PIL import Image
 
 from beam_projector.transforms.records import Thumbnail, order_key
 from beam_projector.transforms.staging import readable
+from beam_projector.transforms.timing import StageTimer
 
 # The centre and PCA basis come from the first PCA_SAMPLE items in output
 # order: exact when N <= PCA_SAMPLE, a deterministic sample beyond.
@@ -272,7 +273,8 @@ def _fit(sample, dims):
     sample = sorted(sample, key=lambda kv: kv[0])
     if not sample:
         return None
-    return fit_projection(np.stack([v for _, v in sample]), dims)
+    with StageTimer("neighbors", process_cpu=True).measure():
+        return fit_projection(np.stack([v for _, v in sample]), dims)
 
 
 def pack_vector(vector, dims: int = PROJECTED_DIMS) -> bytes:
@@ -329,15 +331,18 @@ class _NeighborsFn(beam.DoFn):
 
     def setup(self):
         self._counter = beam.metrics.Metrics.counter("projector", "neighbors")
+        self._timer = StageTimer("neighbors", process_cpu=True)
 
     def process(self, block, index: NeighborIndex):
         start, stop = block
         for a in range(start, stop, QUERY_BLOCK):
             rows = np.arange(a, min(stop, a + QUERY_BLOCK), dtype=np.int64)
-            found = search_block(index.z, rows, max(self._k, DUPLICATE_CANDIDATES))
-            for row, (cand, sims) in zip(rows, found):
-                yield index.keys[row], neighbor_values(int(row), cand, sims, index, self._k,
-                                                       self._threshold)
+            with self._timer.measure():
+                found = search_block(index.z, rows, max(self._k, DUPLICATE_CANDIDATES))
+                values = [neighbor_values(int(row), cand, sims, index, self._k, self._threshold)
+                          for row, (cand, sims) in zip(rows, found)]
+            for row, row_values in zip(rows, values):
+                yield index.keys[row], row_values
             self._counter.inc(len(rows))
 
 

@@ -38,6 +38,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_projector.transforms.files import describe_io_error, is_local
 from beam_projector.transforms.records import StagedThumbnail, Thumbnail
+from beam_projector.transforms.timing import StageTimer
 
 LOG = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class _StageThumbnailsFn(beam.DoFn):
 
     def start_bundle(self):
         self._file, self._path, self._offset = None, None, 0
+        self._timer = StageTimer("staging")
 
     def process(self, e):
         th = e.thumbnail
@@ -144,7 +146,8 @@ class _StageThumbnailsFn(beam.DoFn):
                 raise _failed(self._path, e) from e
         data = th.png
         try:
-            self._file.write(data)
+            with self._timer.measure():
+                self._file.write(data)
         except OSError as e:
             raise _failed(self._path, e) from e
         staged = StagedThumbnail(th.width, th.height, self._path, self._offset, len(data),

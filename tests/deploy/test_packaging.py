@@ -154,3 +154,10 @@ def test_run_summary_beside_the_outputs(multiprocess_run, digits):
     assert opts["config"].endswith("configs/local_multiprocess.yaml")
     assert opts["output"] == out and opts["tensor_format"] == "tsv"  # defaults recorded too
     assert data["wall_seconds"] >= data["pipeline_seconds"] > 0
+    # the stage timers, summed over the worker processes, and the launcher's
+    stages = {k: v for k, v in data["all_counters"].items() if k.startswith("ms_")}
+    for name in ("decode", "model", "writer_assets", "writer_publish"):
+        assert stages[f"ms_{name}_wall"] > 0 and stages[f"ms_{name}_cpu"] >= 0, stages
+    assert stages["ms_decode_cpu"] > 0 and stages["ms_thumbnail_cpu"] <= stages["ms_decode_cpu"]
+    # run() in this process; the command adds its imports and TensorFlow's
+    assert set(data["launcher_seconds"]) == {"checks_and_model", "graph", "job", "after_job"}

@@ -90,30 +90,31 @@ def test_a_block_is_decoded_whole_before_the_model_sees_any_of_it(monkeypatch):
     import time
 
     from beam_projector.transforms import decode
+    from beam_projector.transforms.elements import RefImages
     from beam_projector.transforms.records import ImageRef, Thumbnail
 
     finished = []
     lock = threading.Lock()
 
-    def fake_decode(item, model_size, tile, resize_mode, again, max_bytes):
+    def fake_decode(item, images, model_size, tile, resize_mode, refill, max_bytes):
         # the first image is quick, the rest slow: emitting as each lands
         # would hand the first one on while the others still decode
         if item.key != 1:
             time.sleep(0.05)
         with lock:
             finished.append(item.key)
-        return item, (Thumbnail(1, 1, b""), b"pixels")
+        return item, (Thumbnail(1, 1, b""), b"pixels"), (0.0, 0.0)
 
     monkeypatch.setattr(decode, "_decode_one", fake_decode)
     block = 8
-    fn = decode.DecodeForModelFn((4, 4), block=block, threads=2)
+    fn = decode.DecodeForModelFn(RefImages(), block=block, threads=2)
     fn.setup()
     try:
         fn.start_bundle()
         seen = []
         for key in range(1, 2 * block + 1):
             element = ImageRef(f"u{key}", f"r{key}", None, (), key)
-            for out in fn.process(element, 4, window=None, timestamp=None):
+            for out in fn.process(element, 4, (4, 4), window=None, timestamp=None):
                 with lock:
                     seen.append((out[0][0].key, len(finished)))
         for key, done in seen:

@@ -3,6 +3,7 @@
 Both run the real entry points in a subprocess, as a user types them.
 """
 import csv
+import json
 import os
 import re
 import shutil
@@ -144,6 +145,11 @@ def test_a_normal_run_prints_only_our_lines(digits_with_a_warning, model_path, t
     assert len(errors) == 2 and errors[1].startswith(
         os.path.join(os.path.dirname(digits_with_a_warning), "images", "band.png") + "\tdecode\t"
         "decompression bomb")
+    # where the command's own time went, beside the stages' timers
+    launcher = json.load(open(os.path.join(out, "run_summary.json")))["launcher_seconds"]
+    assert set(launcher) == {"imports", "tensorflow", "checks_and_model", "graph", "job",
+                             "after_job"}
+    assert launcher["imports"] > 0 and launcher["job"] > 0
 
 
 @pytest.mark.slow

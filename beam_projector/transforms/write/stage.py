@@ -18,6 +18,7 @@ from beam_projector.transforms.records import (
 )
 from beam_projector.transforms.staging import LocalCopies, delete_staging, staging_dir
 from beam_projector.transforms.suspects import suspects_tsv
+from beam_projector.transforms.timing import StageTimer
 from beam_projector.transforms.worker import release_free_memory
 from beam_projector.transforms.write.assets import build_assets
 from beam_projector.transforms.write.config import WriterConfig
@@ -120,11 +121,14 @@ class _WriteLogdirFn(beam.DoFn):
         with LocalCopies([e.thumbnail for e in kept]) as thumbnails:
             kept = [e._replace(thumbnail=t) for e, t in zip(kept, thumbnails)]
             del thumbnails
-            assets = build_assets(kept, cfg)
-            suspects, suspect_counts = suspects_tsv(
-                cfg.columns, [e.item.metadata for e in kept], cfg.label_column)
+            with StageTimer("writer_assets", process_cpu=True).measure():
+                assets = build_assets(kept, cfg)
+                suspects, suspect_counts = suspects_tsv(
+                    cfg.columns, [e.item.metadata for e in kept], cfg.label_column)
             release_free_memory()   # the preview's canvas and the matrix building's temporaries
-            publish(assets, cfg, reported, suspects)
+            # the tensor text and the sprite's PNG are made as they are written
+            with StageTimer("writer_publish", process_cpu=True).measure():
+                publish(assets, cfg, reported, suspects)
         delete_staging(staged)
         for name, value in suspect_counts.items():
             beam.metrics.Metrics.counter(METRICS_NAMESPACE, name).inc(value)

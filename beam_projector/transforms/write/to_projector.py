@@ -17,13 +17,26 @@ from typing import Optional, Sequence
 import apache_beam as beam
 import numpy as np
 
-from beam_projector.transforms.elements import (ElementError, dead_letter, fields_of, image_source,
-                                                metadata_of, vectors_of)
+from beam_projector.transforms.elements import (
+    ElementError,
+    dead_letter,
+    fields_of,
+    image_source,
+    metadata_of,
+    vectors_of,
+)
 from beam_projector.transforms.images import ImageError, read_bytes, thumbnail_image
 from beam_projector.transforms.projector import tile_size_for
-from beam_projector.transforms.records import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG,
-                                               METRICS_NAMESPACE, Embedded, ErrorRow, ImageRef,
-                                               StagedThumbnail, Thumbnail)
+from beam_projector.transforms.records import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    ERRORS_TAG,
+    METRICS_NAMESPACE,
+    Embedded,
+    ErrorRow,
+    ImageRef,
+    StagedThumbnail,
+    Thumbnail,
+)
 from beam_projector.transforms.sampling import sample_key
 from beam_projector.transforms.settings import Settings
 from beam_projector.transforms.staging import StageThumbnails, staging_dir
