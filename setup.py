@@ -43,5 +43,5 @@ setuptools.setup(
         # tensorflow-datasets: tests/test_tfds.py writes real TFDS shards offline
         "test": ["pytest>=8", "scikit-learn>=1.3", "websockets>=12", "tensorflow-datasets>=4.9.10"],
     },
-    entry_points={"console_scripts": ["beam-projector=beam_projector.pipeline.cli:main"]},
+    entry_points={"console_scripts": ["beam-projector=beam_projector.pipeline.cli:command"]},
 )

@@ -110,5 +110,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def command() -> None:
+    """The console script and ``python -m beam_projector``: ``main``, then
+    leave at once. Letting the interpreter tear TensorFlow and Beam down
+    costs 1.3-1.7 s after every run on a 2-core machine (measured: a
+    process that only imports them takes 1.7 s to exit) and does nothing
+    this process needs: by then the logdir is published, the staging folder
+    removed and, below, the logs and streams flushed."""
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):   # a closed pipe: nothing more to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

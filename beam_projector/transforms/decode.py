@@ -79,9 +79,10 @@ class CheckDecodesFn(beam.DoFn):
             self._pool.shutdown(wait=False)
 
     def process(self, batch, tile):
-        for result, cpu in self._pool.map(
-                lambda item: _check_one(item, tile, self._max_bytes), batch):
-            self._cpu.inc(int(round(cpu * 1000)))
+        results = list(self._pool.map(lambda item: _check_one(item, tile, self._max_bytes),
+                                      batch))
+        self._cpu.inc(int(round(1000 * sum(cpu for _, cpu in results))))   # ms, per batch
+        for result, _ in results:
             if isinstance(result, ErrorRow):
                 self._failed.inc()
                 yield beam.pvalue.TaggedOutput(ERRORS_TAG, result)

@@ -74,17 +74,22 @@ def assemble_sprite(thumbnails: Sequence, tile: int) -> Image.Image:
     return sprite
 
 
-def sprite_rows(thumbnails: Sequence, tile: int) -> Iterable[np.ndarray]:
-    """The sprite of ``assemble_sprite``, one row of tiles at a time, as
-    (tile, side, 4) uint8 arrays: a 8192 px sprite is 256 MiB as one image."""
+def sprite_strip(thumbnails: Sequence, tile: int, row: int) -> np.ndarray:
+    """Row ``row`` of tiles of the sprite of ``assemble_sprite``, as a (tile,
+    side, 4) uint8 array: a 8192 px sprite is 256 MiB as one image."""
     per_side = tiles_per_side(len(thumbnails))
-    for row in range(per_side):
-        strip = Image.new("RGBA", (per_side * tile, tile), (0, 0, 0, 0))
-        for col in range(per_side):
-            i = row * per_side + col
-            if i < len(thumbnails) and thumbnails[i] is not None:   # None: no picture
-                _paste_tile(strip, thumbnails[i], tile, col * tile, 0)
-        yield np.asarray(strip)
+    strip = Image.new("RGBA", (per_side * tile, tile), (0, 0, 0, 0))
+    for col in range(per_side):
+        i = row * per_side + col
+        if i < len(thumbnails) and thumbnails[i] is not None:   # None: no picture
+            _paste_tile(strip, thumbnails[i], tile, col * tile, 0)
+    return np.asarray(strip)
+
+
+def sprite_rows(thumbnails: Sequence, tile: int) -> Iterable[np.ndarray]:
+    """Every ``sprite_strip``, top to bottom."""
+    for row in range(tiles_per_side(len(thumbnails))):
+        yield sprite_strip(thumbnails, tile, row)
 
 
 def escape_metadata_value(value) -> str:

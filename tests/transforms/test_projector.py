@@ -167,6 +167,58 @@ def test_streamed_sprite_png_has_the_pixels_of_the_assembled_sprite():
                                   np.asarray(projector.assemble_sprite(thumbs, tile)))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_the_sprite_compressed_on_a_pool_is_one_valid_png_whatever_the_threads(threads):
+    """Strips compressed apart and joined (sync flushes, combined Adler-32)
+    decode, by Pillow and by zlib's own check, to the assembled sprite; the
+    bytes do not depend on the thread count."""
+    import zlib
+
+    rng = np.random.default_rng(1)
+    thumbs = [Thumbnail.from_rgb(int(w), int(h), rng.integers(0, 256, int(w) * int(h) * 3,
+                                                              dtype=np.uint8).tobytes())
+              for w, h in rng.integers(1, 12, (40, 2))]
+    thumbs[5] = None                            # a row without a picture: an empty tile
+    tile = 9
+    per_side = projector.tiles_per_side(len(thumbs))
+    side = per_side * tile
+
+    def write(n):
+        buf = io.BytesIO()
+        png.write_png_strips(buf, side, side, lambda r: projector.sprite_strip(thumbs, tile, r),
+                             per_side, threads=n)
+        return buf.getvalue()
+
+    data = write(threads)
+    assert data == write(1)
+    pixels = np.asarray(Image.open(io.BytesIO(data)))
+    np.testing.assert_array_equal(pixels, np.concatenate(list(projector.sprite_rows(thumbs, tile))))
+    blank = [t if t is not None else Thumbnail.from_rgb(1, 1, b"\0\0\0") for t in thumbs]
+    expected = np.asarray(projector.assemble_sprite(blank, tile)).copy()
+    expected[tile * (5 // per_side):tile * (5 // per_side + 1),
+             tile * (5 % per_side):tile * (5 % per_side + 1)] = 0    # tile 5: no picture
+    np.testing.assert_array_equal(pixels, expected)
+    # the concatenated IDAT payload is one zlib stream whose checksum holds
+    idat, pos = b"", 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    assert len(zlib.decompress(idat)) == side * (side * 4 + 1)
+
+
+def test_adler32_of_joined_pieces_is_combined_from_the_pieces():
+    import zlib
+
+    rng = np.random.default_rng(2)
+    pieces = [rng.bytes(int(n)) for n in (0, 1, 65520, 65521, 100_000, 7)]
+    adler = 1
+    for piece in pieces:
+        adler = png.adler32_combine(adler, zlib.adler32(piece), len(piece))
+    assert adler == zlib.adler32(b"".join(pieces))
+
+
 def test_thumbnails_round_trip_losslessly():
     rgb = bytes(range(256)) * 3
     th = Thumbnail.from_rgb(16, 16, rgb)

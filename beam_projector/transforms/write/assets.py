@@ -11,7 +11,7 @@ from typing import BinaryIO, Callable, List, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 
 from beam_projector.transforms import preview, projector
-from beam_projector.transforms.png import png_bytes, write_png_rows
+from beam_projector.transforms.png import png_bytes, write_png_strips
 from beam_projector.transforms.records import Embedded, ErrorRow
 from beam_projector.transforms.write.config import WriterConfig
 from beam_projector.transforms.write.layout import (
@@ -151,8 +151,9 @@ def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
     png = None
     if tile:
         side = projector.tiles_per_side(n) * tile
-        files.append(Asset(SPRITE_NAME, lambda f: write_png_rows(
-            f, side, side, projector.sprite_rows(thumbnails, tile))))
+        files.append(Asset(SPRITE_NAME, lambda f: write_png_strips(
+            f, side, side, lambda row: projector.sprite_strip(thumbnails, tile, row),
+            projector.tiles_per_side(n))))
         # the sprite is a pure function of the thumbnails (lossless PNGs) and the tile
         h.update(f"{SPRITE_NAME}\0{tile}\0{n}\0".encode())
         for th in thumbnails:
