@@ -70,6 +70,16 @@ def print_machine(m: Dict) -> None:
     sys.stdout.flush()
 
 
+def cli_module(code_dir: str) -> str:
+    """The module that runs the CLI in a checkout: ``beam_projector`` since
+    the package was made one (issue 25), ``pipeline.run`` before. A baseline
+    checkout runs with PYTHONPATH=code_dir, which comes before the venv's
+    editable install of this repository, so the old layout is what runs."""
+    return ("beam_projector" if os.path.exists(os.path.join(code_dir, "beam_projector",
+                                                               "__main__.py"))
+            else "pipeline.run")
+
+
 def run_child(cmd: Sequence[str], env: Optional[Dict[str, str]] = None,
               timeout: Optional[float] = None, cwd: str = REPO) -> Dict:
     """Run ``cmd`` to the end; wall seconds, exit code, output, peak RSS (MiB).

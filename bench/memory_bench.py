@@ -120,7 +120,7 @@ def photos_for(workdir, n):
 
 def run_case(code_dir, csv_path, model, layer, n, outdir, timeout):
     shutil.rmtree(outdir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "beam_projector", "--input", csv_path, "--model", model,
+    cmd = [sys.executable, "-m", common.cli_module(code_dir), "--input", csv_path, "--model", model,
            "--embedding_layer", layer, "--output", outdir, "--max_items", str(n)]
     env = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": code_dir}

@@ -58,6 +58,9 @@ def parse_args(argv=None):
                     help="time the tutorial loop for the small CNN (default on)")
     ap.add_argument("--no_loop", dest="loop", action="store_false")
     ap.add_argument("--pipeline_args", default="", help="extra CLI flags for every run")
+    ap.add_argument("--baseline", default=None,
+                    help="another checkout (git worktree add --detach DIR COMMIT) whose CLI is "
+                    "profiled too, interleaved in the same repetitions, for before/after")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--json", default=None)
     return ap.parse_args(argv)
@@ -72,14 +75,15 @@ def parse_cases(text):
     return out
 
 
-def run_pipeline(csv_path, model, layer, n, outdir, extra, timeout, symmetric):
+def run_pipeline(csv_path, model, layer, n, outdir, extra, timeout, symmetric, code=common.REPO):
     shutil.rmtree(outdir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "beam_projector", "--input", csv_path, "--model", model,
+    cmd = [sys.executable, "-m", common.cli_module(code), "--input", csv_path, "--model", model,
            "--embedding_layer", layer, "--output", outdir, "--max_items", str(n)]
     if symmetric:
         cmd += ["--pixel_scale", "symmetric"]
     cmd += extra
-    r = common.check(common.run_child(cmd, timeout=timeout), "pipeline")
+    r = common.check(common.run_child(cmd, timeout=timeout, cwd=code,
+                                      env={"PYTHONPATH": code}), f"pipeline in {code}")
     m = SUMMARY.search(r["stdout"] + r["stderr"])
     written, seconds = int(m.group(1)), float(m.group(2))
     summary = json.load(open(os.path.join(outdir, "run_summary.json")))
@@ -110,14 +114,18 @@ def main(argv=None):
         symmetric = case["model"] == "mobilenet_v2"
         side = 224 if symmetric else 64
         runs = []
+        codes = [("pipeline", common.REPO)] + ([("baseline", os.path.abspath(args.baseline))]
+                                               if args.baseline else [])
         for rep in range(args.runs):
-            r = {"pipeline": run_pipeline(csv_path, model, layer, case["n"],
-                                          os.path.join(args.workdir, "profile-out"), extra,
-                                          args.timeout, symmetric)}
-            p = r["pipeline"]
-            print(f"run {rep + 1} {case['name']}: pipeline {p['images_per_s']:.1f} img/s "
-                  f"({p['reported_s']:.1f}s job, {p['wall_s']:.1f}s wall, "
-                  f"{p['maxrss_mib']:.0f} MiB)", flush=True)
+            r = {}
+            for step, code in codes:
+                r[step] = run_pipeline(csv_path, model, layer, case["n"],
+                                       os.path.join(args.workdir, "profile-out"), extra,
+                                       args.timeout, symmetric, code)
+                p = r[step]
+                print(f"run {rep + 1} {case['name']} [{step}]: {p['images_per_s']:.1f} img/s "
+                      f"({p['reported_s']:.1f}s job, {p['wall_s']:.1f}s wall, "
+                      f"{p['maxrss_mib']:.0f} MiB)", flush=True)
             model_cmd = [sys.executable, os.path.join(common.BENCH, "model_only.py"), "--csv",
                          csv_path, "--model", model, "--layer", layer, "--count",
                          str(min(case["n"], 1500)), "--batch", str(args.batch), "--freeze"]
@@ -138,8 +146,8 @@ def main(argv=None):
         def med(step, key):
             return common.median([x[step].get(key) for x in runs if step in x])
 
-        def med_launcher(key):
-            return common.median([x["pipeline"]["launcher"].get(key) for x in runs])
+        def med_launcher(key, step="pipeline"):
+            return common.median([x[step]["launcher"].get(key) for x in runs])
 
         summary = {"n": case["n"], "model": case["model"], "runs": runs,
                    "pipeline_images_per_s": med("pipeline", "images_per_s"),
@@ -151,6 +159,16 @@ def main(argv=None):
                                       "wall_s": med("pipeline", wall) if wall else None}
                               for label, cpu, wall in STAGES},
                    "launcher": {k: med_launcher(k) for k in LAUNCHER}}
+        if args.baseline:
+            summary["baseline"] = {
+                "pipeline_images_per_s": med("baseline", "images_per_s"),
+                "wall_s": med("baseline", "wall_s"),
+                "wall_images_per_s": med("baseline", "wall_images_per_s"),
+                "maxrss_mib": med("baseline", "maxrss_mib"),
+                "stages": {label: {"cpu_s": med("baseline", cpu) if cpu else None,
+                                   "wall_s": med("baseline", wall) if wall else None}
+                           for label, cpu, wall in STAGES},
+                "launcher": {k: med_launcher(k, "baseline") for k in LAUNCHER}}
         summary["pipeline_over_model"] = common.ratio(summary["pipeline_images_per_s"],
                                                       summary["model_images_per_s"])
         summary["wall_over_model"] = common.ratio(summary["wall_images_per_s"],
@@ -162,10 +180,19 @@ def main(argv=None):
 
         print()
         print(f"{case['name']}: {case['n']} images, median of {args.runs}")
-        print(common.table(["stage", "CPU s", "wall s"],
+        base = summary.get("baseline")
+        print(common.table(["stage", "CPU s", "wall s"] + (["before CPU s", "before wall s"]
+                                                           if base else []),
                            [[label, v["cpu_s"], v["wall_s"]]
+                            + ([base["stages"][label]["cpu_s"], base["stages"][label]["wall_s"]]
+                               if base else [])
                             for label, v in summary["stages"].items()]))
-        print(common.table(["launcher", "s"], [[k, v] for k, v in summary["launcher"].items()]))
+        print(common.table(["launcher", "s"] + (["before s"] if base else []),
+                           [[k, v] + ([base["launcher"][k]] if base else [])
+                            for k, v in summary["launcher"].items()]))
+        if base:
+            print(f"before: pipeline {common.fmt(base['pipeline_images_per_s'], 1)} img/s, whole "
+                  f"process {common.fmt(base['wall_s'], 1)} s")
         line = (f"pipeline {common.fmt(summary['pipeline_images_per_s'], 1)} img/s, whole "
                 f"process {common.fmt(summary['wall_images_per_s'], 1)} img/s, model alone "
                 f"{common.fmt(summary['model_images_per_s'], 1)} img/s: pipeline/model "

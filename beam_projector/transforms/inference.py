@@ -130,31 +130,14 @@ def vectors_from(inference: Any) -> Tuple[Tuple[str, ...], Tuple[np.ndarray, ...
     return ("vector",), (vector_of(inference, "model output"),)
 
 
-class _ToEmbedded(beam.DoFn):
-    """((ImageRef, thumbnail), PredictionResult) -> Embedded, or a dead letter."""
-
-    def __init__(self):
-        self._ok = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "embedded")
-        self._bad = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_embed")
-
-    def process(self, keyed):
-        (item, thumb), result = keyed
-        try:
-            _, vectors = vectors_from(result.inference)
-        except ElementError as e:
-            self._bad.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS_TAG, RefImages().error(item, "embed", str(e)))
-            return
-        self._ok.inc()
-        yield Embedded(item, thumb, vectors)
-
-
-class _ToRow(beam.DoFn):
-    """((element, thumbnail), PredictionResult) -> the element's fields as a
+class _ToOutput(beam.DoFn):
+    """((element, thumbnail), PredictionResult) -> the stage's output, or a
+    dead letter naming the element. For the pipeline's ImageRefs
+    (``RefImages``) an ``Embedded``; for a user's element its fields as a
     dict with ``vector_field`` (one tensor: its vector; several: a dict of
-    them) and ``thumbnail``, or a dead letter naming the element."""
+    them) and ``thumbnail``."""
 
-    def __init__(self, images: FieldImages, vector_field: str):
+    def __init__(self, images, vector_field: str = "vector"):
         self._images, self._vector_field = images, vector_field
         self._ok = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "embedded")
         self._bad = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "failed_embed")
@@ -168,6 +151,9 @@ class _ToRow(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, self._images.error(element, "embed", str(e)))
             return
         self._ok.inc()
+        if isinstance(self._images, RefImages):
+            yield Embedded(element, thumb, vectors)
+            return
         row = as_dict(fields_of(element))
         row[self._vector_field] = vectors[0] if len(vectors) == 1 else dict(zip(names, vectors))
         row["thumbnail"] = thumb
@@ -302,8 +288,7 @@ class EmbedImages(beam.PTransform):
         decoded = elements | "DecodeForModel" >> beam.ParDo(
             decode, as_side_input(self._tile), as_side_input(model_size)).with_outputs(
             ERRORS_TAG, main="pixels")
-        to_output = _ToEmbedded() if isinstance(self._images, RefImages) else _ToRow(
-            self._images, self._vector_field)
+        to_output = _ToOutput(self._images, self._vector_field)
         out = (decoded.pixels
                | "RunInference" >> RunInference(KeyedModelHandler(handler))
                | "ToOutput" >> beam.ParDo(to_output).with_outputs(ERRORS_TAG, main="embedded"))

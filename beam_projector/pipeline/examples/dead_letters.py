@@ -14,9 +14,9 @@ import argparse
 import base64
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_projector import EmbedImages, WriteToProjector
+from beam_projector.pipeline.examples import local_options
 from beam_projector.pipeline.examples.from_rows import digit_rows
 
 
@@ -31,9 +31,7 @@ def rows_with_mistakes(count=60):
 
 
 def run(rows, output, model, layer="embedding", beam_args=()):
-    options = PipelineOptions(list(beam_args))
-    if not options.get_all_options()["runner"]:
-        options = PipelineOptions(list(beam_args), runner="FnApiRunner")   # offline, local
+    options = local_options(beam_args)
     with beam.Pipeline(options=options) as p:
         result = (p
                   | "Rows" >> beam.Create(rows)

@@ -10,9 +10,9 @@ rest. Here a ``parity`` column is derived from ``label`` with ``beam.Map``.
 import argparse
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_projector import ImagesToProjector, ReadImages
+from beam_projector.pipeline.examples import local_options
 
 
 def with_parity(ref, label_index):
@@ -22,9 +22,7 @@ def with_parity(ref, label_index):
 
 
 def run(csv_path, output, model, layer, max_items=200, beam_args=()):
-    options = PipelineOptions(list(beam_args))
-    if not options.get_all_options()["runner"]:
-        options = PipelineOptions(list(beam_args), runner="FnApiRunner")   # offline, local
+    options = local_options(beam_args)
     source = ReadImages(csv_path, image_column="path")   # checks the CSV now, on the launcher
     columns = source.columns + ("parity",)
     with beam.Pipeline(options=options) as p:

@@ -10,9 +10,9 @@ import argparse
 import io
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_projector import ImagesToProjector
+from beam_projector.pipeline.examples import local_options
 
 
 def digit_rows(count=300):
@@ -32,9 +32,7 @@ def digit_rows(count=300):
 
 
 def run(rows, output, model, layer, max_items=200, beam_args=()):
-    options = PipelineOptions(list(beam_args))
-    if not options.get_all_options()["runner"]:
-        options = PipelineOptions(list(beam_args), runner="FnApiRunner")   # offline, local
+    options = local_options(beam_args)
     with beam.Pipeline(options=options) as p:
         (p
          | "Rows" >> beam.Create(rows)

@@ -16,9 +16,9 @@ import tempfile
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_projector import EmbedImages, WriteToProjector
+from beam_projector.pipeline.examples import local_options
 from beam_projector.pipeline.examples.from_rows import digit_rows
 
 SIDE = 8
@@ -48,9 +48,7 @@ def pickled_pca(folder):
 
 
 def run(rows, output, model_uri, beam_args=()):
-    options = PipelineOptions(list(beam_args))
-    if not options.get_all_options()["runner"]:
-        options = PipelineOptions(list(beam_args), runner="FnApiRunner")   # offline, local
+    options = local_options(beam_args)
     handler = SklearnModelHandlerNumpy(model_uri=model_uri, inference_fn=pca_inference)
     with beam.Pipeline(options=options) as p:
         (p

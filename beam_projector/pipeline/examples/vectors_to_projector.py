@@ -11,9 +11,9 @@ import argparse
 import io
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_projector import WriteToProjector
+from beam_projector.pipeline.examples import local_options
 
 
 def digit_vector_rows(count=300):
@@ -35,9 +35,7 @@ def digit_vector_rows(count=300):
 
 
 def run(rows, output, beam_args=()):
-    options = PipelineOptions(list(beam_args))
-    if not options.get_all_options()["runner"]:
-        options = PipelineOptions(list(beam_args), runner="FnApiRunner")   # offline, local
+    options = local_options(beam_args)
     with beam.Pipeline(options=options) as p:
         (p
          | "Rows" >> beam.Create(rows)
