@@ -256,7 +256,11 @@ def test_counters_and_summary_come_back_through_the_job_service(rehearsal, in_me
     local = json.load(open(os.path.join(out, SUMMARY)))
     remote = json.load(open(os.path.join(rehearsal["out"], SUMMARY)))
     assert remote["counters"] == local["counters"] == {k: summary[k] for k in local["counters"]}
-    assert remote["all_counters"] == local["all_counters"]
+    # the stage timers (ms_*) are timings: the same set, not the same values
+    def counts(summary):
+        return {k: v for k, v in summary["all_counters"].items() if not k.startswith("ms_")}
+    assert counts(remote) == counts(local) and counts(local)["written"] == 60
+    assert set(remote["all_counters"]) == set(local["all_counters"])
     assert local["counters"]["failed"] == 2 and local["counters"]["written"] == 60
     assert remote["options"]["runner"] == "PortableRunner"
     assert remote["options"]["environment_type"] == "EXTERNAL"

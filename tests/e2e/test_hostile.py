@@ -324,7 +324,8 @@ def test_gif_with_millions_of_comment_blocks_is_refused_before_pillow(monkeypatc
     assert len(data) > 4_000_000       # the hostile probe: 4 MB, ~49 s in Pillow
     # Refused before Pillow sees the bytes: parsing them is what takes the time.
     monkeypatch.setattr(image_decoding, "_open", lambda data: pytest.fail("Pillow was called"))
-    row = decode._check_one(ImageRef("u", "slow.gif", data, ("slow.gif",), key=7), TILE)
+    row, _cpu_seconds = decode._check_one(ImageRef("u", "slow.gif", data, ("slow.gif",), key=7),
+                                          TILE)
     assert isinstance(row, ErrorRow) and (row.ref, row.stage, row.key) == ("slow.gif", "decode", 7)
     assert f"more than {image_decoding.MAX_GIF_EXTENSION_BLOCKS} extension data blocks" in row.reason
     assert "stall a worker" in row.reason
