@@ -198,6 +198,52 @@ def peak_rss_mib(cmd, env=None, cwd=None, timeout=900):
         return proc.returncode, err.read().decode("utf-8", "replace"), usage.ru_maxrss / 1024
 
 
+# Prepended to the code child_python runs: reset_peak() starts the peak
+# anew (Linux: writing 5 to clear_refs resets VmHWM), peak_growth_mib() is
+# the growth of the peak RSS since that reset.
+_PEAK_HELPERS = """
+def _status_mib(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key + ':'):
+            return int(line.split()[1]) / 1024
+def reset_peak():
+    global _rss_at_reset
+    import gc
+    gc.collect()
+    open('/proc/self/clear_refs', 'w').write('5')
+    _rss_at_reset = _status_mib('VmRSS')
+def peak_growth_mib():
+    return _status_mib('VmHWM') - _rss_at_reset
+"""
+
+
+def child_python(code, timeout=300, address_space_gib=None, file_size=None, env=None):
+    """Run ``code`` in a fresh Python; (exit code, stdout, stderr).
+
+    For memory bounds of one call: the code calls ``reset_peak()`` right
+    before it and prints ``peak_growth_mib()`` after, so imports and inputs
+    do not count. ``address_space_gib`` caps the child's address space
+    (RLIMIT_AS), so code that would take gigabytes fails fast with a
+    MemoryError instead of taking the machine's memory; ``file_size`` caps
+    any file it writes (RLIMIT_FSIZE: a full disk without root).
+    """
+    import resource
+    import textwrap
+
+    def limits():
+        if address_space_gib:
+            size = int(address_space_gib * 1024 ** 3)
+            resource.setrlimit(resource.RLIMIT_AS, (size, size))
+        if file_size is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+    child_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+                     **(env or {}))
+    p = subprocess.run([sys.executable, "-c", _PEAK_HELPERS + textwrap.dedent(code)],
+                       capture_output=True, text=True, env=child_env, cwd=REPO_ROOT,
+                       timeout=timeout, preexec_fn=limits)
+    return p.returncode, p.stdout, p.stderr
+
+
 def odd_model(path, kind, side=16):
     """A Keras model that does not fit the pipeline the way ``kind`` says:
     ``two_inputs``, ``four_channels`` (RGBA input) or ``one_d`` (a 1-unit
