@@ -29,6 +29,7 @@ from beam_projector.transforms.records import (
     METRICS_NAMESPACE,
     ErrorRow,
     ImageRef,
+    capped,
 )
 from beam_projector.transforms.worker import quiet_if_asked, release_free_memory
 
@@ -46,7 +47,10 @@ def _check_one(item: ImageRef, tile: int, max_bytes: int = DEFAULT_MAX_IMAGE_BYT
 
 
 def _reason(e: Exception) -> str:
-    return str(e) if isinstance(e, (ImageError, ElementError)) else f"{type(e).__name__}: {e}"
+    """The errors.tsv reason of one image's failure: one bounded line (an
+    OSError may quote a path of any length)."""
+    return capped(str(e) if isinstance(e, (ImageError, ElementError))
+                  else f"{type(e).__name__}: {e}")
 
 
 class CheckDecodesFn(beam.DoFn):
