@@ -16,6 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 from beam_projector.pipeline.options import UsageError
 from beam_projector.transforms.checks import check_model, check_output
 from beam_projector.transforms.model import ModelSpec
+from beam_projector.transforms.neighbors import neighbor_columns
+from beam_projector.transforms.projector import column_clash
 from beam_projector.transforms.settings import Settings
 from beam_projector.transforms.sources.detect import describe_input
 from beam_projector.transforms.sources.spec import SourceError, SourceSpec
@@ -81,6 +83,19 @@ def _check_not_inside_input(output: str, source) -> None:
                              "logdir where the input pattern does not reach")
 
 
+def _check_column_names(po, columns) -> None:
+    """Refuse, before any work, metadata columns of one name: the input's
+    own duplicates, or an input column named like one --neighbors adds
+    (nn_distance, duplicate, ...). The projector keys a row's values by
+    column name, so one of the two would silently vanish."""
+    added = ()
+    if po.neighbors and po.neighbors > 0:
+        added = neighbor_columns(po.label_column in columns[1:])
+    clash = column_clash(columns, added, "--neighbors", "--neighbors 0")
+    if clash:
+        raise UsageError(clash)
+
+
 def make_plan(po) -> Plan:
     """Validate ``ProjectorOptions`` and resolve everything the graph needs."""
     for flag in ("input", "model", "output"):
@@ -104,6 +119,7 @@ def make_plan(po) -> Plan:
             metadata_features=po.metadata_feature_list, compression=po.compression)
     except SourceError as e:
         raise UsageError(str(e)) from None
+    _check_column_names(po, source.columns)
     if po.max_per_label is not None and po.label_column not in source.columns:
         raise UsageError(f"--max_per_label needs the label column {po.label_column!r} "
                          f"(set --label_column); the {source.kind} input's columns are: "

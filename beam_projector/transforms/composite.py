@@ -24,8 +24,9 @@ from beam_projector.transforms.elements import (ElementError, dead_letter, field
 from beam_projector.transforms.first_n import EmbedFirstN
 from beam_projector.transforms.inference import DescribeModel
 from beam_projector.transforms.model import ModelInfo, ModelSpec, with_batch_size
-from beam_projector.transforms.neighbors import DEFAULT_DUPLICATE_THRESHOLD, NeighborColumns
-from beam_projector.transforms.projector import tile_size_for
+from beam_projector.transforms.neighbors import (DEFAULT_DUPLICATE_THRESHOLD, NeighborColumns,
+                                                 neighbor_columns)
+from beam_projector.transforms.projector import column_clash, tile_size_for
 from beam_projector.transforms.records import (DEFAULT_MAX_IMAGE_BYTES, ERRORS_TAG,
                                                METRICS_NAMESPACE, ImageRef)
 from beam_projector.transforms.settings import Settings
@@ -232,6 +233,8 @@ class ImagesToProjector(beam.PTransform):
                 raise ValueError(f"column stage {stage!r} has no columns attribute naming "
                                  "the values it gives")
         self._validate = validate
+        if self._columns is not None:
+            self._check_columns(self._columns)
         run = run or RunContext()
         self._progress = run.progress
         self.run_id = run.run_id or uuid.uuid4().hex
@@ -261,6 +264,20 @@ class ImagesToProjector(beam.PTransform):
         stage = NeighborColumns(k, tensor_index, columns.index(label) if label else None, 0,
                                 threshold)
         return "Neighbors" >> stage, label
+
+    def _check_columns(self, columns, stage_columns=()) -> None:
+        """Every metadata column name unique, as metadata.tsv writes it: the
+        projector keys values by name, so a user's column named like one the
+        neighbour stage adds (``nn_distance``) would silently vanish."""
+        own = tuple(columns) + self._extra_columns
+        added = ()
+        if self._neighbors[0]:
+            has_label = self.settings.label_column in tuple(columns)[1:]
+            added = neighbor_columns(has_label)
+        clash = (column_clash(own, added, "neighbors", "neighbors=0")
+                 or column_clash(own + added + tuple(stage_columns)))
+        if clash:
+            raise ValueError(clash)
 
     def expand(self, pvalueish):
         if isinstance(pvalueish, Mapping):
@@ -322,6 +339,7 @@ class ImagesToProjector(beam.PTransform):
                   for i, stage in enumerate(column_stages)]
         stage_columns = [tuple(getattr(stage, "transform", stage).columns)
                          for stage in column_stages]
+        self._check_columns(columns, sum(stage_columns[1 if neighbors is not None else 0:], ()))
         errors = ((*upstream, *self._errors, converted[ERRORS_TAG], kept.errors)
                   | "AllErrors" >> beam.Flatten(pipeline=p))
         cfg = WriterConfig(

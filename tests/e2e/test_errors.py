@@ -321,3 +321,45 @@ def test_failure_line_picks_the_line_that_states_the_error():
         assert failure_line(empty, "MemoryError") == "MemoryError"
     assert failure_line("bad\x00byte\x1b[31m", "ValueError") == "bad byte [31m"
     assert len(failure_line("x" * 5000, "ValueError", limit=80)) == 80
+
+
+# --- metadata column names (issue 28) ---------------------------------------------
+
+def csv_with_header(path, digits, header, extra="mine"):
+    csv_path, rows = digits
+    folder = os.path.dirname(csv_path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows[:30]:
+            w.writerow([os.path.join(folder, r["path"]), r["label"], extra])
+    return str(path)
+
+
+@pytest.mark.parametrize("header,fragments", [
+    (["path", "label", "nn_distance"], ["'nn_distance' would be written twice",
+                                        "--neighbors adds a column of that name",
+                                        "--neighbors 0"]),
+    (["path", "label", "label"], ["columns of the same name ('label' is column 2 and 3)"])],
+    ids=["own-nn_distance", "label-twice"])
+def test_column_names_the_projector_would_merge_are_refused_before_any_work(
+        digits, model_path, tmp_path, header, fragments):
+    """The projector keys a row's values by column name: metadata.tsv with two
+    columns of one name silently lost one (exit 0, the user's values gone)."""
+    path = csv_with_header(tmp_path / "in.csv", digits, header)
+    out = tmp_path / "out"
+    code, err = cli("--input", path, "--model", model_path, "--output", str(out))
+    assert code == 2, err[-5:]
+    assert len(err) == 1 and err[0].startswith("beam-projector: error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+    assert not out.exists()
+
+
+def test_an_own_nn_column_is_kept_without_neighbours(digits, model_path, tmp_path):
+    path = csv_with_header(tmp_path / "in.csv", digits, ["path", "label", "nn_distance"])
+    out = str(tmp_path / "out")
+    code, err = cli("--input", path, "--model", model_path, "--output", out, "--neighbors", "0")
+    assert code == 0, err[-5:]
+    meta, _ = published(out)
+    assert len(meta) == 30 and {row[2] for row in meta} == {"mine"}
