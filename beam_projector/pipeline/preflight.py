@@ -54,6 +54,13 @@ def _as_flag(e: ValueError) -> UsageError:
     return UsageError(text if text.startswith("--") else "--" + text)
 
 
+def glob_folder(pattern: str) -> str:
+    """The fixed folder a glob lists: 'F/*.jpg' -> 'F', 'a/b*/c' -> 'a',
+    '*.jpg' -> '.'."""
+    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    return (head.rsplit("/", 1)[0] or "/") if "/" in head else "."
+
+
 def _check_not_inside_input(output: str, source) -> None:
     """A folder input must not hold the logdir: a second run would embed its
     own preview and sprites. Refused when the input folder contains --output,
@@ -71,6 +78,19 @@ def _check_not_inside_input(output: str, source) -> None:
                              "images: write the logdir outside the input folder")
         return
     glob = source.pattern
+    folder = glob_folder(glob)
+    if "://" not in out and "://" not in folder:
+        same = os.path.realpath(out) == os.path.realpath(folder)
+    else:
+        same = out == folder.rstrip("/")
+    if same:
+        # the glob may not match the logdir's pictures, but a later run over
+        # the folder would read them (a sub-folder stays allowed: see
+        # ReadImageFolder, which skips a logdir's own pictures)
+        raise UsageError(f"--output {output} is the folder of --input {source.pattern}: the "
+                         "logdir's preview.png and data-*/sprite.png would sit among the input "
+                         "images, and a later run over that folder would embed them; write "
+                         "the logdir to another folder (a sub-folder is fine)")
     if "://" not in glob and "://" not in output:
         glob, output = os.path.abspath(glob), os.path.abspath(output)
     pattern = re.compile(FileSystem.translate_pattern(glob))

@@ -564,3 +564,21 @@ def test_a_header_over_the_line_bound_is_not_called_empty(tmp_path):
         detect.describe_input(str(wide))
     assert "is empty" not in str(e.value)
     assert "its header row is longer than 1048576 bytes" in str(e.value)
+
+
+
+def test_a_bad_length_checksum_after_good_records_is_not_called_not_a_tfrecord(tfrecord_bytes):
+    """A flipped bit in record 31's length CRC, after 30 good records, said
+    'not a TFRecord file'; that stays the word for a bad first header."""
+    data = bytearray(open(tfrecord_bytes, "rb").read())
+    good = list(tfrecord_framing.iter_tfrecords_at(io.BytesIO(bytes(data))))
+    offset = good[30][0]
+    data[offset + 8] ^= 0x01
+    with pytest.raises(tfrecord_framing.TFRecordFramingError) as e:
+        list(tfrecord_framing.iter_tfrecords_at(io.BytesIO(bytes(data))))
+    assert e.value.offset == offset
+    assert e.value.reason == "corrupt TFRecord record header (length checksum mismatch)"
+    data[8] ^= 0x01
+    with pytest.raises(tfrecord_framing.TFRecordFramingError,
+                       match=r"^not a TFRecord file \(record length checksum mismatch\) at byte 0$"):
+        list(tfrecord_framing.iter_tfrecords_at(io.BytesIO(bytes(data))))
