@@ -175,6 +175,35 @@ def write_photos(folder, count, seed=0):
     return csv_path
 
 
+def big_png(path, width=9400, height=9500, bit_depth=16, colour_type=0):
+    """A PNG of 89.3 megapixels (under Pillow's limit of 89.5) that is about
+    200 KB on disk: one gradient row, then rows equal to the one above
+    (PNG's 'up' filter). Written row by row, never held decoded.
+    ``colour_type``: 0 grey, 2 RGB, 6 RGBA."""
+    import struct
+    import zlib
+
+    def chunk(tag, body):
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    channels = {0: 1, 2: 3, 6: 4}[colour_type]
+    if bit_depth == 16:
+        row = (np.arange(width * channels, dtype=np.uint32) * 65535
+               // (width * channels)).astype(">u2").tobytes()
+    else:
+        row = (np.arange(width * channels) % 256).astype(np.uint8).tobytes()
+    comp = zlib.compressobj(9)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+            ">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)))
+        data = comp.compress(b"\x00" + row)
+        same = b"\x02" + bytes(len(row))
+        for _ in range(height - 1):
+            data += comp.compress(same)
+        f.write(chunk(b"IDAT", data + comp.flush()) + chunk(b"IEND", b""))
+    return str(path)
+
+
 def peak_rss_mib(cmd, env=None, cwd=None, timeout=900):
     """Run ``cmd`` to the end; (exit code, stderr text, its peak RSS in MiB).
 
