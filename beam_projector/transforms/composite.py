@@ -265,7 +265,7 @@ class ImagesToProjector(beam.PTransform):
                                 threshold)
         return "Neighbors" >> stage, label
 
-    def _check_columns(self, columns, stage_columns=()) -> None:
+    def _check_columns(self, columns) -> None:
         """Every metadata column name unique, as metadata.tsv writes it: the
         projector keys values by name, so a user's column named like one the
         neighbour stage adds (``nn_distance``) would silently vanish."""
@@ -274,8 +274,10 @@ class ImagesToProjector(beam.PTransform):
         if self._neighbors[0]:
             has_label = self.settings.label_column in tuple(columns)[1:]
             added = neighbor_columns(has_label)
+        staged = sum((tuple(getattr(stage, "transform", stage).columns)
+                      for stage in self._column_stages), ())
         clash = (column_clash(own, added, "neighbors", "neighbors=0")
-                 or column_clash(own + added + tuple(stage_columns)))
+                 or column_clash(own + added + staged))
         if clash:
             raise ValueError(clash)
 
@@ -289,6 +291,7 @@ class ImagesToProjector(beam.PTransform):
         if columns is None:
             raise ValueError("ImagesToProjector needs columns=[...]: the metadata column "
                              "names, in the order of each element's values")
+        self._check_columns(columns)
         settings = self.settings
         label_index = None
         if settings.max_per_label is not None:
@@ -339,7 +342,6 @@ class ImagesToProjector(beam.PTransform):
                   for i, stage in enumerate(column_stages)]
         stage_columns = [tuple(getattr(stage, "transform", stage).columns)
                          for stage in column_stages]
-        self._check_columns(columns, sum(stage_columns[1 if neighbors is not None else 0:], ()))
         errors = ((*upstream, *self._errors, converted[ERRORS_TAG], kept.errors)
                   | "AllErrors" >> beam.Flatten(pipeline=p))
         cfg = WriterConfig(
