@@ -175,6 +175,35 @@ def write_photos(folder, count, seed=0):
     return csv_path
 
 
+def big_png(path, width=9400, height=9500, bit_depth=16, colour_type=0):
+    """A PNG of 89.3 megapixels (under Pillow's limit of 89.5) that is about
+    200 KB on disk: one gradient row, then rows equal to the one above
+    (PNG's 'up' filter). Written row by row, never held decoded.
+    ``colour_type``: 0 grey, 2 RGB, 6 RGBA."""
+    import struct
+    import zlib
+
+    def chunk(tag, body):
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    channels = {0: 1, 2: 3, 6: 4}[colour_type]
+    if bit_depth == 16:
+        row = (np.arange(width * channels, dtype=np.uint32) * 65535
+               // (width * channels)).astype(">u2").tobytes()
+    else:
+        row = (np.arange(width * channels) % 256).astype(np.uint8).tobytes()
+    comp = zlib.compressobj(9)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+            ">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)))
+        data = comp.compress(b"\x00" + row)
+        same = b"\x02" + bytes(len(row))
+        for _ in range(height - 1):
+            data += comp.compress(same)
+        f.write(chunk(b"IDAT", data + comp.flush()) + chunk(b"IEND", b""))
+    return str(path)
+
+
 def peak_rss_mib(cmd, env=None, cwd=None, timeout=900):
     """Run ``cmd`` to the end; (exit code, stderr text, its peak RSS in MiB).
 
@@ -196,6 +225,52 @@ def peak_rss_mib(cmd, env=None, cwd=None, timeout=900):
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         return proc.returncode, err.read().decode("utf-8", "replace"), usage.ru_maxrss / 1024
+
+
+# Prepended to the code child_python runs: reset_peak() starts the peak
+# anew (Linux: writing 5 to clear_refs resets VmHWM), peak_growth_mib() is
+# the growth of the peak RSS since that reset.
+_PEAK_HELPERS = """
+def _status_mib(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key + ':'):
+            return int(line.split()[1]) / 1024
+def reset_peak():
+    global _rss_at_reset
+    import gc
+    gc.collect()
+    open('/proc/self/clear_refs', 'w').write('5')
+    _rss_at_reset = _status_mib('VmRSS')
+def peak_growth_mib():
+    return _status_mib('VmHWM') - _rss_at_reset
+"""
+
+
+def child_python(code, timeout=300, address_space_gib=None, file_size=None, env=None):
+    """Run ``code`` in a fresh Python; (exit code, stdout, stderr).
+
+    For memory bounds of one call: the code calls ``reset_peak()`` right
+    before it and prints ``peak_growth_mib()`` after, so imports and inputs
+    do not count. ``address_space_gib`` caps the child's address space
+    (RLIMIT_AS), so code that would take gigabytes fails fast with a
+    MemoryError instead of taking the machine's memory; ``file_size`` caps
+    any file it writes (RLIMIT_FSIZE: a full disk without root).
+    """
+    import resource
+    import textwrap
+
+    def limits():
+        if address_space_gib:
+            size = int(address_space_gib * 1024 ** 3)
+            resource.setrlimit(resource.RLIMIT_AS, (size, size))
+        if file_size is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+    child_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+                     **(env or {}))
+    p = subprocess.run([sys.executable, "-c", _PEAK_HELPERS + textwrap.dedent(code)],
+                       capture_output=True, text=True, env=child_env, cwd=REPO_ROOT,
+                       timeout=timeout, preexec_fn=limits)
+    return p.returncode, p.stdout, p.stderr
 
 
 def odd_model(path, kind, side=16):

@@ -2,12 +2,14 @@
 
 Help, ``--config``, quiet logging, then ``run``; every failure becomes one
 line on stderr and an exit code (2: usage, found before any work; 1: the
-job failed).
+job failed; 130: interrupted by Ctrl-C).
 """
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from beam_projector.pipeline.config import expand_config
@@ -78,7 +80,67 @@ def process_age() -> float:
         return 0.0
 
 
+# What shells report for a command ended by Ctrl-C: 128 + SIGINT.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+
+class _Interrupts:
+    """Ctrl-C for the command: one line and exit 130.
+
+    Remembered (``seen``): Beam re-raises a step's exception with the step's
+    name appended, and a KeyboardInterrupt (which has no message) comes out
+    of that as a RuntimeError, so the exception alone cannot tell. Installed
+    only over Python's default handler (a SIGINT a shell set to be ignored
+    stays ignored), and put back on the way out."""
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _interrupted_by(e: BaseException) -> bool:
+    """A KeyboardInterrupt anywhere in ``e``'s chain of causes."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _report_interrupt() -> int:
+    LOG.debug("interrupted", exc_info=True)
+    print("beam-projector: interrupted; the logdir holds the last projector published whole "
+          "(a run publishes all or nothing)", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command; returns its exit code (0, 1 failed, 2 usage, 130 Ctrl-C)."""
+    try:
+        with _Interrupts() as interrupts:
+            return _main(argv, interrupts)
+    except KeyboardInterrupt:
+        return _report_interrupt()
+
+
+def _main(argv: Optional[List[str]], interrupts: _Interrupts) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     wanted = help_requested(argv)
     if wanted:
@@ -98,6 +160,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"beam-projector: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - one clear line, the traceback is in the log
+        if interrupts.seen or _interrupted_by(e):
+            return _report_interrupt()
         LOG.debug("run failed", exc_info=True)
         print(f"beam-projector: failed: "
               f"{_explain_failure(failure_line(str(e), type(e).__name__))}", file=sys.stderr)

@@ -9,11 +9,13 @@ bring the libraries' own output back.
 """
 import logging
 import sys
+import threading
 from typing import Optional, Sequence
 
 from beam_projector.transforms.worker import quiet_pillow_warnings
 
 OUR_LOGGER = "beam-projector"
+_DEFAULT_EXCEPTHOOK = threading.excepthook
 
 
 def level_from_argv(argv: Sequence[str]) -> Optional[str]:
@@ -52,6 +54,37 @@ class _Formatter(logging.Formatter):
             "\n" + self.formatException(record.exc_info) if record.exc_info else "")
 
 
+TRACEBACK_TEXT = "Traceback (most recent call last)"
+
+
+def _ours(record: logging.LogRecord) -> bool:
+    return record.name == OUR_LOGGER or record.name.startswith(OUR_LOGGER + ".")
+
+
+class HideLibraryTracebacks(logging.Filter):
+    """A quiet run's handler drops the libraries' records that carry a
+    traceback: Beam logs every exception a step raises, with its traceback,
+    before re-raising it (``DoFnRunner._reraise_augmented``), and its job
+    service relays a worker's as text; the CLI's own one line says what
+    failed. ``-v`` keeps them."""
+
+    def filter(self, record):
+        if _ours(record):
+            return True
+        return not (record.exc_info or TRACEBACK_TEXT in record.getMessage())
+
+
+def _thread_error_to_debug(args) -> None:
+    """A quiet run's ``threading.excepthook``: an exception that ends a
+    library's thread (Beam's gRPC readers when a job stops) goes to the
+    debug log instead of a traceback on stderr."""
+    if args.exc_type is SystemExit:
+        return
+    logging.getLogger(OUR_LOGGER).debug(
+        "thread %s ended with %s", getattr(args.thread, "name", "?"), args.exc_type.__name__,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
 def configure_logging(level: Optional[str], stream=None) -> None:
     """Our logger at INFO, every other logger (Beam, TensorFlow, absl, Keras,
     Pillow, the root logger Beam's RunInference warns on) at ``level``, or
@@ -64,6 +97,8 @@ def configure_logging(level: Optional[str], stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._beam_projector = True
     handler.setFormatter(_Formatter())
+    if level is None:
+        handler.addFilter(HideLibraryTracebacks())
     root.addHandler(handler)
     lib_level = getattr(logging, level) if level else logging.ERROR
     root.setLevel(lib_level)
@@ -73,10 +108,12 @@ def configure_logging(level: Optional[str], stream=None) -> None:
     ours.setLevel(min(logging.INFO, lib_level))
     if level is None:
         quiet_pillow_warnings()
+        threading.excepthook = _thread_error_to_debug
         try:  # absl's handler prints "WARNING: All log messages before absl::..." otherwise
             from absl import logging as absl_logging
             absl_logging.set_verbosity(absl_logging.ERROR)
         except ImportError:
             pass
     else:
+        threading.excepthook = _DEFAULT_EXCEPTHOOK
         logging.captureWarnings(True)

@@ -99,8 +99,12 @@ class ProjectorOptions(PipelineOptions):
         g.add_argument("--pool", default=None, choices=POOLS,
                        help="reduce an embedding layer whose output is a feature map "
                        "(batch, H, W, C) to one vector per image: avg or max over the spatial "
-                       "axes (C dimensions), or flatten (H*W*C); without it such a layer is "
-                       "refused")
+                       "axes (C dimensions), or flatten (H*W*C dimensions). flatten is heavy "
+                       "downstream: a 7x7x1280 map is 62,720 floats (245 KiB) an image, so "
+                       "1,500 images make a 359 MiB tensor file (about 3x that as TSV), which "
+                       "the browser holds whole, and the projector's PCA first projects every "
+                       "vector onto 200 random directions; prefer avg or max unless the spatial "
+                       "layout matters. Without --pool such a layer is refused")
         g.add_argument("--resize", default="pad", choices=RESIZE_MODES,
                        help="how images are fitted to the model input: pad (letterbox), "
                        "crop (centre) or stretch")

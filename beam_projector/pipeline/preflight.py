@@ -16,6 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 from beam_projector.pipeline.options import UsageError
 from beam_projector.transforms.checks import check_model, check_output
 from beam_projector.transforms.model import ModelSpec
+from beam_projector.transforms.neighbors import neighbor_columns
+from beam_projector.transforms.projector import column_clash
 from beam_projector.transforms.settings import Settings
 from beam_projector.transforms.sources.detect import describe_input
 from beam_projector.transforms.sources.spec import SourceError, SourceSpec
@@ -52,6 +54,13 @@ def _as_flag(e: ValueError) -> UsageError:
     return UsageError(text if text.startswith("--") else "--" + text)
 
 
+def glob_folder(pattern: str) -> str:
+    """The fixed folder a glob lists: 'F/*.jpg' -> 'F', 'a/b*/c' -> 'a',
+    '*.jpg' -> '.'."""
+    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    return (head.rsplit("/", 1)[0] or "/") if "/" in head else "."
+
+
 def _check_not_inside_input(output: str, source) -> None:
     """A folder input must not hold the logdir: a second run would embed its
     own preview and sprites. Refused when the input folder contains --output,
@@ -69,6 +78,19 @@ def _check_not_inside_input(output: str, source) -> None:
                              "images: write the logdir outside the input folder")
         return
     glob = source.pattern
+    folder = glob_folder(glob)
+    if "://" not in out and "://" not in folder:
+        same = os.path.realpath(out) == os.path.realpath(folder)
+    else:
+        same = out == folder.rstrip("/")
+    if same:
+        # the glob may not match the logdir's pictures, but a later run over
+        # the folder would read them (a sub-folder stays allowed: see
+        # ReadImageFolder, which skips a logdir's own pictures)
+        raise UsageError(f"--output {output} is the folder of --input {source.pattern}: the "
+                         "logdir's preview.png and data-*/sprite.png would sit among the input "
+                         "images, and a later run over that folder would embed them; write "
+                         "the logdir to another folder (a sub-folder is fine)")
     if "://" not in glob and "://" not in output:
         glob, output = os.path.abspath(glob), os.path.abspath(output)
     pattern = re.compile(FileSystem.translate_pattern(glob))
@@ -79,6 +101,19 @@ def _check_not_inside_input(output: str, source) -> None:
             raise UsageError(f"--input {source.pattern} matches {path}, a file this run "
                              "writes; a later run would embed its own output: write the "
                              "logdir where the input pattern does not reach")
+
+
+def _check_column_names(po, columns) -> None:
+    """Refuse, before any work, metadata columns of one name: the input's
+    own duplicates, or an input column named like one --neighbors adds
+    (nn_distance, duplicate, ...). The projector keys a row's values by
+    column name, so one of the two would silently vanish."""
+    added = ()
+    if po.neighbors and po.neighbors > 0:
+        added = neighbor_columns(po.label_column in columns[1:])
+    clash = column_clash(columns, added, "--neighbors", "--neighbors 0")
+    if clash:
+        raise UsageError(clash)
 
 
 def make_plan(po) -> Plan:
@@ -104,6 +139,7 @@ def make_plan(po) -> Plan:
             metadata_features=po.metadata_feature_list, compression=po.compression)
     except SourceError as e:
         raise UsageError(str(e)) from None
+    _check_column_names(po, source.columns)
     if po.max_per_label is not None and po.label_column not in source.columns:
         raise UsageError(f"--max_per_label needs the label column {po.label_column!r} "
                          f"(set --label_column); the {source.kind} input's columns are: "

@@ -21,3 +21,8 @@ map and the stage diagram):
 
 The public names are exported by ``beam_projector`` itself.
 """
+
+from beam_projector.transforms.worker import quiet_worker_interrupts as _quiet_worker_interrupts
+
+# a no-op except in a local SDK worker process of a quiet CLI run (see there)
+_quiet_worker_interrupts()

@@ -32,8 +32,9 @@ from beam_projector.transforms.model import ModelInfo, ModelSpec, with_batch_siz
 from beam_projector.transforms.neighbors import (
     DEFAULT_DUPLICATE_THRESHOLD,
     NeighborColumns,
+    neighbor_columns,
 )
-from beam_projector.transforms.projector import tile_size_for
+from beam_projector.transforms.projector import column_clash, tile_size_for
 from beam_projector.transforms.records import (
     DEFAULT_MAX_IMAGE_BYTES,
     ERRORS_TAG,
@@ -244,6 +245,8 @@ class ImagesToProjector(beam.PTransform):
                 raise ValueError(f"column stage {stage!r} has no columns attribute naming "
                                  "the values it gives")
         self._validate = validate
+        if self._columns is not None:
+            self._check_columns(self._columns)
         run = run or RunContext()
         self._progress = run.progress
         self.run_id = run.run_id or uuid.uuid4().hex
@@ -274,6 +277,22 @@ class ImagesToProjector(beam.PTransform):
                                 threshold)
         return "Neighbors" >> stage, label
 
+    def _check_columns(self, columns) -> None:
+        """Every metadata column name unique, as metadata.tsv writes it: the
+        projector keys values by name, so a user's column named like one the
+        neighbour stage adds (``nn_distance``) would silently vanish."""
+        own = tuple(columns) + self._extra_columns
+        added = ()
+        if self._neighbors[0]:
+            has_label = self.settings.label_column in tuple(columns)[1:]
+            added = neighbor_columns(has_label)
+        staged = sum((tuple(getattr(stage, "transform", stage).columns)
+                      for stage in self._column_stages), ())
+        clash = (column_clash(own, added, "neighbors", "neighbors=0")
+                 or column_clash(own + added + staged))
+        if clash:
+            raise ValueError(clash)
+
     def expand(self, pvalueish):
         if isinstance(pvalueish, Mapping):
             images, upstream = pvalueish[IMAGES], (pvalueish[ERRORS],)
@@ -284,6 +303,7 @@ class ImagesToProjector(beam.PTransform):
         if columns is None:
             raise ValueError("ImagesToProjector needs columns=[...]: the metadata column "
                              "names, in the order of each element's values")
+        self._check_columns(columns)
         settings = self.settings
         label_index = None
         if settings.max_per_label is not None:

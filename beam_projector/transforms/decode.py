@@ -30,6 +30,7 @@ from beam_projector.transforms.records import (
     METRICS_NAMESPACE,
     ErrorRow,
     ImageRef,
+    capped,
 )
 from beam_projector.transforms.timing import StageTimer, cpu_counter
 from beam_projector.transforms.worker import quiet_if_asked, release_free_memory
@@ -49,7 +50,10 @@ def _check_one(item: ImageRef, tile: int, max_bytes: int = DEFAULT_MAX_IMAGE_BYT
 
 
 def _reason(e: Exception) -> str:
-    return str(e) if isinstance(e, (ImageError, ElementError)) else f"{type(e).__name__}: {e}"
+    """The errors.tsv reason of one image's failure: one bounded line (an
+    OSError may quote a path of any length)."""
+    return capped(str(e) if isinstance(e, (ImageError, ElementError))
+                  else f"{type(e).__name__}: {e}")
 
 
 class CheckDecodesFn(beam.DoFn):
@@ -129,7 +133,7 @@ def _decode_one(element, images, model_size, tile: int, resize_mode, refill: boo
         stage = "read"
         data = content if content is not None else read_bytes(ref, max_bytes)
         stage = "decode"
-        pixels, thumb = decode_image(data, model_size, tile, resize_mode, spent)
+        pixels, thumb = decode_image(data, model_size, tile, resize_mode, spent=spent)
         result = (thumb, pixels)
     except Exception as e:  # noqa: BLE001
         if refill:

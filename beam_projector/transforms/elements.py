@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from beam_projector.transforms.records import ErrorRow, ImageRef
+from beam_projector.transforms.records import ErrorRow, ImageRef, capped
 
 # Longest value that can be a path or URI. A longer str is a mistake (most
 # often base64 of the bytes), refused with a reason rather than read as a
@@ -29,8 +29,7 @@ class ElementError(ValueError):
 
 def shown(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
     """``value`` as one bounded, printable line for a message or errors.tsv."""
-    text = "".join(c if c.isprintable() else " " for c in str(value))
-    return text if len(text) <= limit else f"{text[:limit - 30]}... ({len(text)} characters)"
+    return capped(value, limit)
 
 
 def fields_of(element) -> Mapping:

@@ -6,12 +6,15 @@ One decode gives both the model input and the sprite thumbnail
 ``ImageError`` whose message is the errors.tsv reason; reads stop at a byte
 bound whatever the file system reports.
 """
+import collections
+import contextlib
 import errno
 import io
 import os
 import re
 import stat
 import struct
+import threading
 import time
 from typing import Optional, Tuple
 
@@ -22,28 +25,22 @@ from PIL import Image, ImageOps
 from beam_projector.transforms.files import is_local
 from beam_projector.transforms.projector import fit_within
 from beam_projector.transforms.records import DEFAULT_MAX_IMAGE_BYTES, Thumbnail
+from beam_projector.transforms.strips import (
+    StripResize,
+    bytes_per_pixel,
+    display_size,
+    display_strips,
+    orientation,
+    resize_in_strips,
+    strip_rows,
+)
+from beam_projector.transforms.worker import release_free_memory
 
 RESIZE_MODES = ("pad", "crop", "stretch")
 
 
 class ImageError(ValueError):
     """One image cannot be used; the message is the dead-letter reason."""
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; transparency composited over white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr)  # 2-D uint8 -> mode L
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB") if img.mode != "RGB" else img
 
 
 def resize_for_model(img: Image.Image, size: Tuple[int, int], mode: str = "pad") -> np.ndarray:
@@ -66,6 +63,31 @@ def resize_for_model(img: Image.Image, size: Tuple[int, int], mode: str = "pad")
     else:
         raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
     return np.asarray(out, dtype=np.uint8)
+
+
+def model_target(full: Tuple[int, int], size: Tuple[int, int], mode: str = "pad"):
+    """What ``resize_for_model`` does to an image of ``full`` (width,
+    height), for ``StripResize``: (resize size, source box or None, paste
+    offset on the black canvas or None)."""
+    width, height = full
+    out_h, out_w = size
+    if mode == "stretch":
+        return (out_w, out_h), None, None
+    if mode == "crop":   # ImageOps.fit's box: no bleed, centred
+        if width / height == out_w / out_h:
+            crop_w, crop_h = width, height
+        elif width / height >= out_w / out_h:
+            crop_w, crop_h = out_w / out_h * height, height
+        else:
+            crop_w, crop_h = width, width / (out_w / out_h)
+        left, top = (width - crop_w) * 0.5, (height - crop_h) * 0.5
+        return (out_w, out_h), (left, top, left + crop_w, top + crop_h), None
+    if mode == "pad":
+        scale = min(out_w / width, out_h / height)
+        w = max(1, min(out_w, round(width * scale)))
+        h = max(1, min(out_h, round(height * scale)))
+        return (w, h), None, ((out_w - w) // 2, (out_h - h) // 2)
+    raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
 
 
 def _open(data: bytes) -> Image.Image:
@@ -194,16 +216,86 @@ def missing_decoder_reason(fmt: str, error: BaseException) -> Optional[str]:
     return None
 
 
-def _load_rgb(data: bytes, need: int, long_side_only: bool = True) -> Image.Image:
-    """Encoded bytes -> upright 8-bit RGB image. Raises ImageError.
+# --- the decode budget -----------------------------------------------------------
+# Decodes whose estimated peak is under this never wait: photos, scans of a
+# few megapixels. Larger ones take turns for DECODE_BUDGET_BYTES of a
+# process's memory, however many decode threads it runs (one per core).
+SMALL_DECODE_BYTES = 64 * 1024 * 1024
+# Every image under Pillow's pixel limit (89.5 MP) fits: the largest peak,
+# 4 bytes a pixel at the limit, is about 450 MiB.
+DECODE_BUDGET_BYTES = 1024 * 1024 * 1024
+
+
+class DecodeBudget:
+    """Bytes of decoded pixels one process may hold at once, handed out first
+    come first served: a decode thread per core meeting as many 89-megapixel
+    PNGs decodes them a few at a time instead of all at once (16 at once took
+    35 GB and killed the worker). A condition variable, not a semaphore:
+    reservations differ in size."""
+
+    def __init__(self, total: int = DECODE_BUDGET_BYTES):
+        self.total = total
+        self._used = 0
+        self._queue = collections.deque()
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, need: int):
+        """Hold ``need`` bytes for the block, waiting for them in turn."""
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            while self._queue[0] is not ticket or (self._used and self._used + need > self.total):
+                self._cond.wait()
+            self._queue.popleft()
+            self._used += need
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            # glibc keeps a thread's freed buffers in its own arena (its
+            # mmap threshold rises to 32 MiB after the first large free), so
+            # threads taking turns would each keep one decode's worth
+            # resident (measured: 16 threads under 512 MiB still held 2.6 GB)
+            release_free_memory()
+            with self._cond:
+                self._used -= need
+                self._cond.notify_all()
+
+
+# One per process, shared by every decode thread of every stage.
+PROCESS_DECODE_BUDGET = DecodeBudget()
+
+
+def decode_peak_bytes(width: int, height: int, mode: str) -> int:
+    """About the most one decode of a ``width`` x ``height`` ``mode`` image
+    holds at once: the decoder's full-size buffer, one strip in its
+    conversion's forms, and the two resize intermediates (at most 1,024
+    pixels by the long side each)."""
+    rows = strip_rows(width)
+    return (width * height * bytes_per_pixel(mode) + rows * width * (bytes_per_pixel(mode) + 16)
+            + 2 * 1024 * max(width, height) * 4)
+
+
+def _corrupt(fmt: str, e: BaseException) -> ImageError:
+    return ImageError(_printable(missing_decoder_reason(fmt, e)
+                                 or f"corrupt or truncated {fmt} data: {e}"))
+
+
+def _with_decoded(data: bytes, need: int, long_side_only: bool,
+                  budget: Optional[DecodeBudget], work):
+    """``work(img)`` on the decoded image (its decoder's buffer), with the
+    image's share of the decode budget held meanwhile; the buffer is freed
+    before the share is handed back. Raises ImageError.
 
     ``need`` is the side in px the caller will resize to: JPEGs decode with
     DCT scaling at the smallest power-of-two reduction that still covers it
     (``long_side_only``: only the long side must cover it, as when fitting
     inside a box), several times less work for photos far larger than that.
-    Animated images (GIF, WebP, multi-page TIFF) use their first frame; EXIF
-    orientation is applied.
+    Animated images (GIF, WebP, multi-page TIFF) use their first frame. An
+    image whose decode alone needs more than the whole budget is refused.
     """
+    budget = PROCESS_DECODE_BUDGET if budget is None else budget
     if not data:
         raise ImageError("empty file (0 bytes)")
     check_structure(data)
@@ -217,24 +309,64 @@ def _load_rgb(data: bytes, need: int, long_side_only: bool = True) -> Image.Imag
             else:
                 need_wh = (need, need)
             img.draft("RGB", need_wh)
-        img.load()
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"decompression bomb: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as e:
-        raise ImageError(_printable(missing_decoder_reason(fmt, e)
-                                    or f"corrupt or truncated {fmt} data: {e}")) from None
-    mode = img.mode
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block: keep the pixels as stored
-        pass
-    try:
-        rgb = _to_rgb(img)
-    except (OSError, ValueError) as e:
-        raise ImageError(_printable(f"unsupported image mode {mode}: {e}")) from None
-    if rgb.width < 1 or rgb.height < 1:
-        raise ImageError(f"image has no pixels ({rgb.width}x{rgb.height})")
-    return rgb
+        raise _corrupt(fmt, e) from None
+    peak = decode_peak_bytes(img.width, img.height, img.mode)
+    if peak > budget.total:
+        raise ImageError(f"decoded image too large: {img.width}x{img.height} {img.mode} needs "
+                         f"about {peak / 2 ** 20:.0f} MiB to decode, more than the decode "
+                         f"budget of {budget.total / 2 ** 20:.0f} MiB per worker process")
+    with (budget.reserve(peak) if peak >= SMALL_DECODE_BYTES else contextlib.nullcontext()):
+        try:
+            try:
+                img.load()
+            except Image.DecompressionBombError as e:
+                raise ImageError(f"decompression bomb: {e}") from None
+            except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as e:
+                raise _corrupt(fmt, e) from None
+            return work(img)
+        finally:
+            img.close()   # the decoder's buffer, even if a traceback still holds the image
+
+
+def _decode(data: bytes, need: int, long_side_only: bool, targets,
+            budget: Optional[DecodeBudget] = None, resize_seconds: Optional[list] = None):
+    """One decode, resized to each target: ``targets(width, height)`` gives
+    the (size, box) resizes of the upright image. Returns the resized RGB
+    images. Raises ImageError.
+
+    EXIF orientation is applied. An image of one strip is converted whole
+    (as it always was); a larger one a strip at a time (``strips``), so
+    beyond the decoder's buffer one decode holds a few MiB whatever its
+    size, with the same bytes out. ``resize_seconds``: each target's resize
+    in thread CPU seconds is appended to it, for an image converted whole
+    (in strips the resizes interleave, and count as the decode's).
+    """
+    def work(img):
+        mode = img.mode
+        method = orientation(img)
+        full = display_size(img.size, method)
+        if full[0] < 1 or full[1] < 1:
+            raise ImageError(f"image has no pixels ({full[0]}x{full[1]})")
+        try:
+            if full[1] <= strip_rows(full[0]):
+                rgb = next(display_strips(img, method))[1]
+                resized = []
+                for size, box in targets(*full):
+                    started = time.thread_time()
+                    resized.append(rgb.resize(size, Image.BILINEAR, box=box)
+                                   if size != rgb.size or box is not None else rgb)
+                    if resize_seconds is not None:
+                        resize_seconds.append(time.thread_time() - started)
+                return resized
+            resizes = [StripResize(full, size, box) for size, box in targets(*full)]
+            resize_in_strips(img, method, resizes)
+            return resizes
+        except (OSError, ValueError) as e:
+            raise ImageError(_printable(f"unsupported image mode {mode}: {e}")) from None
+
+    out = _with_decoded(data, need, long_side_only, budget, work)
+    return [r.result() if isinstance(r, StripResize) else r for r in out]
 
 
 def thumbnail_of(rgb: Image.Image, tile: int) -> Thumbnail:
@@ -243,37 +375,64 @@ def thumbnail_of(rgb: Image.Image, tile: int) -> Thumbnail:
 
 
 def decode_image(data: bytes, model_size: Tuple[int, int], tile: int,
-                 resize_mode: str = "pad", spent: Optional[list] = None
-                 ) -> Tuple[np.ndarray, Thumbnail]:
+                 resize_mode: str = "pad", budget: Optional[DecodeBudget] = None,
+                 spent: Optional[list] = None) -> Tuple[np.ndarray, Thumbnail]:
     """(model input, thumbnail) of one image from one decode, exactly as the
     pipeline makes them (``DecodeForModelFn``). Raises ImageError.
 
     JPEGs decode at the smallest DCT scale that covers both the model's
     side and the tile, so the thumbnail costs a resize, not a second decode.
-    ``spent``: a list the thumbnail's thread CPU seconds are appended to.
+    ``spent``: a list the thumbnail's thread CPU seconds are appended to
+    (its resize, for an image converted whole, and its copy out).
     """
-    rgb = _load_rgb(data, max(max(model_size), tile), long_side_only=resize_mode == "pad")
-    pixels = resize_for_model(rgb, model_size, resize_mode)
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize_mode!r}; expected one of {RESIZE_MODES}")
+    placed = {}
+    resize_seconds = []
+
+    def targets(width, height):
+        size, box, offset = model_target((width, height), model_size, resize_mode)
+        placed["offset"] = offset
+        return [(size, box), (fit_within(width, height, tile), None)]
+
+    model, thumb = _decode(data, max(max(model_size), tile), resize_mode == "pad", targets,
+                           budget, resize_seconds)
+    if placed["offset"] is not None:   # pad: centred on black, as resize_with_pad
+        canvas = Image.new("RGB", (model_size[1], model_size[0]), (0, 0, 0))
+        canvas.paste(model, placed["offset"])
+        model = canvas
     started = time.thread_time()
-    thumbnail = thumbnail_of(rgb, tile)
+    thumbnail = Thumbnail.from_image(thumb)
     if spent is not None:
-        spent.append(time.thread_time() - started)
-    return pixels, thumbnail
+        spent.append(time.thread_time() - started + sum(resize_seconds[1:]))
+    return np.asarray(model, dtype=np.uint8), thumbnail
 
 
-def thumbnail_image(data: bytes, tile: int) -> Thumbnail:
+def thumbnail_image(data: bytes, tile: int, budget: Optional[DecodeBudget] = None) -> Thumbnail:
     """The sprite thumbnail of encoded image bytes, decoded at thumbnail
     scale (JPEG DCT scaling): for rows whose vectors came from elsewhere.
     Raises ImageError."""
-    return thumbnail_of(_load_rgb(data, tile, long_side_only=True), tile)
+    (thumb,) = _decode(data, tile, True,
+                       lambda width, height: [(fit_within(width, height, tile), None)], budget)
+    return Thumbnail.from_image(thumb)
 
 
-def check_decodes(data: bytes, tile: int) -> None:
+def check_decodes(data: bytes, tile: int, budget: Optional[DecodeBudget] = None) -> None:
     """Raise ImageError unless ``data`` decodes. JPEGs decode at thumbnail
     scale: the check for the margin, whose images are only used if others
     fail (and are then decoded again, as every used image is, by
-    ``decode_image``)."""
-    _load_rgb(data, tile, long_side_only=True)
+    ``decode_image``). The decode is complete; of the conversion, whose
+    every step is per pixel, one strip is enough to show the mode converts."""
+    def work(img):
+        mode = img.mode
+        if img.width < 1 or img.height < 1:
+            raise ImageError(f"image has no pixels ({img.width}x{img.height})")
+        try:
+            next(display_strips(img, None))
+        except (OSError, ValueError) as e:
+            raise ImageError(_printable(f"unsupported image mode {mode}: {e}")) from None
+
+    _with_decoded(data, tile, True, budget, work)
 
 
 # How a local path that is not a regular file is named in its errors.tsv row.

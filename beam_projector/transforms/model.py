@@ -10,6 +10,7 @@ shape and, when small, freezes it; ``inference`` serves it to RunInference.
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -19,6 +20,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from beam_projector.transforms.files import is_local, local_path
+from beam_projector.transforms.records import capped
 from beam_projector.transforms.worker import release_free_memory
 
 PIXEL_SCALES = ("raw", "unit", "symmetric")
@@ -299,6 +301,35 @@ def keras_file_problem(path: str) -> Optional[str]:
     return "the file has no HDF5 signature, so not an .h5 model (corrupt, truncated, or another format)"
 
 
+# Keras nests one "could not be deserialized ... config={...}" dump per level
+# of the model (2 KB for a Lambda inside a Functional); the cause is the
+# innermost "Exception encountered:" message.
+_MISSING_OBJECT = re.compile(r"Could not locate (function|class) '([^']+)'")
+_LAMBDA_LAYER = re.compile(r"'class_name': 'Lambda', 'config': \{'name': '([^']+)'")
+_CONFIG_DUMP = re.compile(r"\s*(?:config=|Full object config:)")
+
+
+def keras_load_reason(e: BaseException) -> str:
+    """Why Keras could not load a model file, in one bounded line: the
+    innermost cause without the config dumps, and for a function or class
+    the file names but this process lacks (a Lambda over a def, an
+    unregistered custom layer) what to do about it."""
+    text = str(e)
+    missing = _MISSING_OBJECT.search(text)
+    if missing:
+        kind, name = missing.groups()
+        lam = _LAMBDA_LAYER.search(text) if kind == "function" else None
+        what = (f"its Lambda layer {lam.group(1)!r} calls the Python function {name!r}"
+                if lam else f"it uses the Python {kind} {name!r}")
+        return capped(f"{what}, which a .keras file stores by name only, so only a process "
+                      "that defines it (registered with "
+                      "@keras.saving.register_keras_serializable()) can load the model; rebuild "
+                      "it without that (e.g. keras.layers.Rescaling instead of a Lambda that "
+                      "scales) and save it again", 500)
+    inner = _CONFIG_DUMP.split(text.rsplit("Exception encountered: ", 1)[-1], maxsplit=1)[0]
+    return capped(f"{type(e).__name__}: {' '.join(inner.split())}") + f"; expected {ACCEPTED}"
+
+
 def _keras_model(path: str, spec: ModelSpec) -> EmbeddingModel:
     import keras
     import tensorflow as tf
@@ -309,8 +340,7 @@ def _keras_model(path: str, spec: ModelSpec) -> EmbeddingModel:
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001 - report any load failure the same way
-        raise ModelError(f"cannot load model {spec.uri}: {type(e).__name__}: {e}; "
-                         f"expected {ACCEPTED}") from None
+        raise ModelError(f"cannot load model {spec.uri}: {keras_load_reason(e)}") from None
     if len(model.inputs) != 1:
         raise ModelError(f"model {spec.uri} takes {len(model.inputs)} inputs "
                          f"({', '.join(repr(i.name) for i in model.inputs)}); an image "

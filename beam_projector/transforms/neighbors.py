@@ -96,19 +96,72 @@ def fit_projection(sample: np.ndarray, dims: int = PROJECTED_DIMS) -> Projection
     The basis spans the top ``dims`` principal directions of the centred,
     normalised sample, so dot products of projected rows approximate cosines.
     Eigenvector signs are fixed (largest component positive) for determinism.
+
+    The cost never grows with D squared: with more dimensions than sample
+    rows (``--pool flatten``: 16,384-d and more) the D x D scatter would be
+    gigabytes and its eigendecomposition O(D^3), so the basis comes from the
+    n x n Gram matrix of the sample instead (``_gram_basis``), the same
+    directions at O(n^2 D) time and O(n^2 + n D) memory.
     """
-    x = np.asarray(sample, dtype=np.float64)
-    mean = x.mean(axis=0)
-    d = x.shape[1]
+    x = np.asarray(sample)
+    n, d = x.shape
     if d <= dims:
-        return Projection(mean, np.eye(d))
+        return Projection(x.astype(np.float64).mean(axis=0), np.eye(d))
+    if d > n:
+        return _gram_basis(x, dims)
+    x = x.astype(np.float64)
+    mean = x.mean(axis=0)
     u = centre_normalise(x, mean)
-    scatter = u.T @ u
-    values, vectors = np.linalg.eigh(scatter)
-    top = vectors[:, np.argsort(-values, kind="stable")[:dims]]
+    values, vectors = np.linalg.eigh(u.T @ u)
+    return Projection(mean, _fixed_signs(vectors[:, np.argsort(-values, kind="stable")[:dims]]))
+
+
+# Columns of the sample converted to float64 at once by _gram_basis: at most
+# 4,096 x 1,024 x 8 B = 32 MiB, whatever D is.
+_GRAM_CHUNK = 1024
+
+
+def _gram_basis(x: np.ndarray, dims: int) -> Projection:
+    """``fit_projection`` for D > n, through the Gram matrix G = u u^T.
+
+    The scatter u^T u has rank at most n, and its nonzero eigenpairs come
+    from G: G v = l v gives (u^T u)(u^T v) = l (u^T v) with |u^T v| = sqrt(l),
+    so each principal direction is u^T v / sqrt(l), the same vector as the
+    scatter's eigenvector up to sign (fixed below as there). Directions with
+    a zero eigenvalue (fewer sample rows than ``dims``) carry nothing and
+    are zero columns. Two passes over column chunks of the sample, so no
+    n x D float64 copy is made.
+    """
+    n, d = x.shape
+    mean = x.mean(axis=0, dtype=np.float64)
+    gram = np.zeros((n, n))
+    for a in range(0, d, _GRAM_CHUNK):
+        c = x[:, a:a + _GRAM_CHUNK].astype(np.float64) - mean[a:a + _GRAM_CHUNK]
+        gram += c @ c.T
+    # G of the centred rows scaled to unit length: diag(1/|c|) (c c^T) diag(1/|c|)
+    norm = np.sqrt(np.diag(gram).copy())
+    inv = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
+    gram *= inv[:, None]
+    gram *= inv[None, :]
+    values, vectors = np.linalg.eigh(gram)
+    order = np.argsort(-values, kind="stable")[:dims]
+    lam = values[order]
+    keep = lam > lam.max(initial=0) * 1e-12
+    scale = np.divide(1.0, np.sqrt(np.where(keep, lam, 1.0)), where=keep,
+                      out=np.zeros_like(lam))
+    v = vectors[:, order] * scale * inv[:, None]     # u^T v = c^T (v / |c|)
+    top = np.zeros((d, dims))
+    for a in range(0, d, _GRAM_CHUNK):
+        c = x[:, a:a + _GRAM_CHUNK].astype(np.float64) - mean[a:a + _GRAM_CHUNK]
+        top[a:a + _GRAM_CHUNK, :len(order)] = c.T @ v
+    return Projection(mean, _fixed_signs(top))
+
+
+def _fixed_signs(top: np.ndarray) -> np.ndarray:
+    """Each column's sign fixed so its largest component is positive."""
     signs = np.sign(top[np.abs(top).argmax(axis=0), np.arange(top.shape[1])])
     signs[signs == 0] = 1
-    return Projection(mean, top * signs)
+    return top * signs
 
 
 def project(vector: np.ndarray, proj: Projection) -> np.ndarray:

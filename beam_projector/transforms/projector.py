@@ -99,6 +99,34 @@ def escape_metadata_value(value) -> str:
     return text if text.strip() else EMPTY_PLACEHOLDER
 
 
+def column_clash(columns: Sequence[str], added: Sequence[str] = (),
+                 added_by: str = "neighbors", turn_off: str = "neighbors=0") -> Optional[str]:
+    """None when every metadata column name is unique as metadata.tsv writes
+    it (``escape_metadata_value``), else one line naming the clash and the
+    way out. The projector keys a row's values by column name, so of two
+    columns of one name one silently vanishes. ``added`` are the columns a
+    stage appends to the input's (``added_by`` names the setting that adds
+    them, ``turn_off`` how to do without them)."""
+    written = [escape_metadata_value(c) for c in columns]
+    seen = set(written)
+    twice = sorted({n for n in written if written.count(n) > 1}, key=written.index)
+    clash = [n for n in dict.fromkeys(escape_metadata_value(c) for c in added) if n in seen]
+    parts = []
+    if twice:
+        where = "; ".join(f"{n!r} is column "
+                          + " and ".join(str(i + 1) for i, w in enumerate(written) if w == n)
+                          for n in twice)
+        parts.append(f"the input has columns of the same name ({where}), and the projector "
+                     "keeps only one of them: rename them in the input")
+    if clash:
+        parts.append(f"the input's column{'s' if len(clash) > 1 else ''} "
+                     f"{', '.join(repr(n) for n in clash)} would be written twice: "
+                     f"{added_by} adds {'columns' if len(clash) > 1 else 'a column'} of that "
+                     f"name; rename {'them' if len(clash) > 1 else 'it'} in the input, or run "
+                     f"with {turn_off}")
+    return "; ".join(parts) or None
+
+
 def metadata_tsv(columns: Sequence[str], rows: Iterable[Sequence]) -> str:
     """Metadata text: a header row exactly when there are two or more columns."""
     if not columns:

@@ -25,6 +25,22 @@ METRICS_NAMESPACE = "projector"
 ERRORS_TAG = "errors"
 
 
+# errors.tsv holds one short line per failure: every value it writes (the
+# input's name, the stage, the reason) is cut to this many characters, since
+# a CSV field can be a pasted blob and a reason can quote one.
+MAX_ERROR_CHARS = 300
+
+
+def capped(value, limit: int = MAX_ERROR_CHARS) -> str:
+    """``value`` as one printable line of at most ``limit`` characters; a cut
+    value ends saying how long it was."""
+    text = "".join(c if c.isprintable() else " " for c in str(value))
+    if len(text) <= limit:
+        return text
+    tail = f"... ({len(text):,} characters)"
+    return text[:max(0, limit - len(tail))] + tail
+
+
 class ImageRef(NamedTuple):
     """One input item before decoding."""
     uid: str                      # stable identity the sample key hashes

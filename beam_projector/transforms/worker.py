@@ -95,6 +95,32 @@ def quiet_if_asked(tensorflow: bool = False) -> None:
             import_tensorflow_quietly(None)
 
 
+def quiet_worker_interrupts() -> None:
+    """In an SDK worker process of a quiet local run: Ctrl-C ends it
+    without a traceback.
+
+    A terminal sends Ctrl-C's SIGINT to its whole foreground process group,
+    so each of the multi-process runner's workers (``sdk_worker_main``)
+    printed its own KeyboardInterrupt traceback, about 21 lines a worker,
+    around the CLI's one line. The launcher cannot keep the signal from
+    them (Beam starts them through /bin/sh, which clears an inherited
+    signal mask), so a worker whose process has imported this package hands
+    an uncaught KeyboardInterrupt to a quiet hook; any other exception is
+    printed as before."""
+    if not os.environ.get(QUIET_ENV) or not sys.argv or \
+            os.path.basename(sys.argv[0]) != "sdk_worker_main.py":
+        return
+    if getattr(sys.excepthook, "_beam_projector", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not issubclass(kind, KeyboardInterrupt):
+            previous(kind, value, tb)
+    hook._beam_projector = True
+    sys.excepthook = hook
+
+
 def release_free_memory() -> None:
     """Give memory freed by earlier stages back to the OS (glibc only).
 

@@ -321,3 +321,163 @@ def test_failure_line_picks_the_line_that_states_the_error():
         assert failure_line(empty, "MemoryError") == "MemoryError"
     assert failure_line("bad\x00byte\x1b[31m", "ValueError") == "bad byte [31m"
     assert len(failure_line("x" * 5000, "ValueError", limit=80)) == 80
+
+
+# --- metadata column names (issue 28) ---------------------------------------------
+
+def csv_with_header(path, digits, header, extra="mine"):
+    csv_path, rows = digits
+    folder = os.path.dirname(csv_path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows[:30]:
+            w.writerow([os.path.join(folder, r["path"]), r["label"], extra])
+    return str(path)
+
+
+@pytest.mark.parametrize("header,fragments", [
+    (["path", "label", "nn_distance"], ["'nn_distance' would be written twice",
+                                        "--neighbors adds a column of that name",
+                                        "--neighbors 0"]),
+    (["path", "label", "label"], ["columns of the same name ('label' is column 2 and 3)"])],
+    ids=["own-nn_distance", "label-twice"])
+def test_column_names_the_projector_would_merge_are_refused_before_any_work(
+        digits, model_path, tmp_path, header, fragments):
+    """The projector keys a row's values by column name: metadata.tsv with two
+    columns of one name silently lost one (exit 0, the user's values gone)."""
+    path = csv_with_header(tmp_path / "in.csv", digits, header)
+    out = tmp_path / "out"
+    code, err = cli("--input", path, "--model", model_path, "--output", str(out))
+    assert code == 2, err[-5:]
+    assert len(err) == 1 and err[0].startswith("beam-projector: error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+    assert not out.exists()
+
+
+def test_an_own_nn_column_is_kept_without_neighbours(digits, model_path, tmp_path):
+    path = csv_with_header(tmp_path / "in.csv", digits, ["path", "label", "nn_distance"])
+    out = str(tmp_path / "out")
+    code, err = cli("--input", path, "--model", model_path, "--output", out, "--neighbors", "0")
+    assert code == 0, err[-5:]
+    meta, _ = published(out)
+    assert len(meta) == 30 and {row[2] for row in meta} == {"mine"}
+
+
+# --- one line on failure, exit 130 on Ctrl-C (issue 28) -------------------------------
+
+def not_progress(stderr_lines):
+    return [line for line in stderr_lines if not line.startswith("beam-projector: progress:")]
+
+
+def missing_files_csv(tmp_path):
+    return write_csv(str(tmp_path / "missing.csv"),
+                     [[str(tmp_path / f"gone_{i}.png"), "x"] for i in range(20)])
+
+
+def test_a_failed_job_prints_one_line_and_v_the_traceback(tmp_path, model_path):
+    """Beam logs a step's exception with its traceback before re-raising it:
+    'ERROR apache_beam.runners.common: ...' and 7 traceback lines came
+    before the CLI's own line. -v still shows them."""
+    args = ("--input", missing_files_csv(tmp_path), "--model", model_path,
+            "--output", str(tmp_path / "out"))
+    code, err = cli(*args)
+    assert code == 1
+    assert not_progress(err) == [err[-1]] and err[-1].startswith("beam-projector: failed: "), err
+    assert "no image could be embedded" in err[-1]
+    code, err = cli(*args, "-v")
+    assert code == 1 and "Traceback (most recent call last):" in "\n".join(err)
+
+
+def test_a_write_error_prints_one_line(tmp_path, digits, model_path):
+    """A full disk without root: RLIMIT_FSIZE fails the staging writes with
+    EFBIG, the path ENOSPC takes (write/test_disk_full.py has the real
+    tmpfs)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-m", "beam_projector", "--input", digits[0],
+                           "--model", model_path, "--output", str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1, err
+    assert not_progress(err) == [err[-1]], err
+    assert err[-1].startswith("beam-projector: failed: cannot write "), err
+
+
+def slow_model(path):
+    """About 100 images/s here: Ctrl-C lands mid-run."""
+    import keras
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((160, 160, 3))
+    x = keras.layers.Conv2D(32, 3, activation="relu")(inp)
+    x = keras.layers.Conv2D(32, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
+    keras.Model(inp, keras.layers.Dense(3)(x)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def all_digits(tmp_path_factory):
+    csv_path, _ = support.write_digits(str(tmp_path_factory.mktemp("all_digits")))
+    return csv_path
+
+
+def interrupt(args, out, started):
+    """The CLI in its own process group, interrupted as a terminal's Ctrl-C
+    does (SIGINT to the whole group) once ``started(stderr so far)`` holds;
+    (exit code, stderr lines)."""
+    import signal
+    import threading
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.Popen([sys.executable, "-m", "beam_projector", *args, "--output", out],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    lines = []
+    pump = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    pump.start()
+    try:
+        while proc.poll() is None and not started(lines):
+            threading.Event().wait(0.2)
+        assert proc.poll() is None, "the run ended before it could be interrupted: " + "".join(lines)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    pump.join(10)
+    return code, [line.rstrip("\n") for line in lines]
+
+
+def staged_thumbnails(out):
+    """Thumbnails staged: the embedding stage is under way."""
+    def started(_):
+        return os.path.isdir(out) and any(
+            name.startswith(".beam-projector-staging-") and os.listdir(os.path.join(out, name))
+            for name in os.listdir(out))
+    return started
+
+
+@pytest.mark.parametrize("runner", [[], ["--direct_running_mode", "multi_processing",
+                                         "--direct_num_workers", "2"]],
+                         ids=["in-process", "multi-process"])
+def test_ctrl_c_exits_130_with_one_line(all_digits, tmp_path, runner):
+    """Ctrl-C exited 1 ('failed: KeyboardInterrupt', a traceback before it);
+    on the multi-process runner each SDK worker printed its own traceback
+    too (218 lines). Now one line, exit 130, nothing published and the
+    staging folder gone."""
+    model = slow_model(str(tmp_path / "slow.keras"))
+    out = str(tmp_path / "out")
+    code, err = interrupt(["--input", all_digits, "--model", model, "--embedding_layer",
+                           "embedding", "--max_items", "1797", *runner], out,
+                          staged_thumbnails(out))
+    assert code == 130, err
+    assert not_progress(err) == [err[-1]], err
+    assert err[-1].startswith("beam-projector: interrupted; "), err
+    assert not os.path.exists(os.path.join(out, "projector_config.pbtxt"))
+    assert not [n for n in os.listdir(out) if n.startswith(".beam-projector-staging-")]

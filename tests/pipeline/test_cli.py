@@ -76,6 +76,17 @@ def test_help_lists_every_option_grouped_with_its_default(command):
 
 
 @pytest.mark.slow
+def test_help_says_what_pool_flatten_costs_downstream():
+    """Issue 28: --pool flatten gives H*W*C dimensions; --help says what
+    that costs after the model: the tensor's size, and the projector's own
+    PCA (a random projection of every vector to 200 dimensions first)."""
+    from beam_projector.pipeline.options import format_help
+
+    _, entry = help_entries(format_help())["pool"]
+    assert "H*W*C" in entry and "359 MiB tensor" in entry, entry
+    assert "200 random directions" in entry and "prefer avg or max" in entry, entry
+
+
 def test_help_beam_lists_the_runner_options_and_help_needs_no_config(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "beam_projector", "--help_beam"],
                           capture_output=True, text=True, timeout=120, env=cli_env())

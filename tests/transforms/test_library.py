@@ -108,6 +108,32 @@ def test_bad_settings_fail_at_construction_and_nothing_else_happens_until_run(mo
     assert not out.exists()           # and leaves nothing behind: no folder, no staging
 
 
+def test_a_column_named_like_a_neighbour_column_is_a_value_error(model_path, tmp_path):
+    """Issue 28: the neighbour columns (neighbors=10 by default) were appended
+    to a user's own, so a user column named nn_distance gave metadata.tsv two
+    columns of that name, and the projector (keyed by name) showed one. Now a
+    ValueError when the transform is made, or applied to a ReadResult whose
+    columns clash; neighbors=0 is fine. Duplicate names of the user's own
+    are refused by WriteToProjector too."""
+    from beam_projector import ImagesToProjector, ReadImages, WriteToProjector
+
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match="'nn_distance' would be written twice: neighbors "
+                                         "adds a column of that name.*neighbors=0"):
+        ImagesToProjector(output=out, model=model_path, columns=["path", "nn_distance"])
+    with pytest.raises(ValueError, match="'label' is column 2 and 3"):
+        ImagesToProjector(output=out, model=model_path, columns=["path", "label", "label"],
+                          neighbors=0)
+    ImagesToProjector(output=out, model=model_path, columns=["path", "nn_distance"], neighbors=0)
+    csv_path = tmp_path / "images.csv"
+    csv_path.write_text("path,label,nn_label_agreement\nx.png,1,mine\n")
+    p = beam.Pipeline(runner="FnApiRunner")
+    with pytest.raises(ValueError, match="'nn_label_agreement' would be written twice"):
+        p | ReadImages(str(csv_path)) | ImagesToProjector(output=out, model=model_path)
+    with pytest.raises(ValueError, match="'id' is column 1 and 2"):
+        WriteToProjector(out, columns=["id", "id"])
+
+
 def test_public_names_resolve_lazily():
     """Every exported name resolves to a documented object of the library,
     and importing the package imports neither TensorFlow nor the CLI (a

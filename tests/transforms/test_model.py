@@ -220,6 +220,34 @@ def test_two_input_and_four_channel_models_are_refused_when_loaded(tmp_path):
         load_embedding_model(ModelSpec(uri=str(tmp_path / "rgba")))
 
 
+def test_a_lambda_over_a_def_is_one_short_reason(tmp_path):
+    """Issue 28: a .keras whose Lambda wraps a def (saved by another
+    process, as a user's training script does) failed with 2 KB of nested
+    config dumps; now one line naming the layer and the function, and what
+    to do."""
+    from beam_projector.transforms.model import ModelError
+
+    from support import child_python
+
+    path = str(tmp_path / "lambda.keras")
+    code, _, err = child_python(f"""
+        import keras
+        def scale(x):
+            return x / 255.0
+        inp = keras.Input((16, 16, 3))
+        x = keras.layers.Lambda(scale, name="scale")(inp)
+        x = keras.layers.GlobalAveragePooling2D(name="embedding")(x)
+        keras.Model(inp, keras.layers.Dense(2)(x)).save({path!r})
+    """)
+    assert code == 0, err[-1000:]
+    with pytest.raises(ModelError) as e:
+        load_embedding_model(ModelSpec(uri=path, layers=("embedding",)))
+    text = str(e.value)
+    assert len(text) < 600 and "config=" not in text and "\n" not in text, text
+    assert "its Lambda layer 'scale' calls the Python function 'scale'" in text, text
+    assert "register_keras_serializable" in text and "keras.layers.Rescaling" in text
+
+
 def test_one_dimensional_embedding_is_refused(tmp_path):
     from beam_projector.transforms.model import ModelError
 

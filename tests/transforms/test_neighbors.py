@@ -53,6 +53,48 @@ def test_projection_keeps_cosines_of_low_rank_vectors():
     assert small.basis.shape == (10, 10) and np.array_equal(small.basis, np.eye(10))
 
 
+def test_neighbour_pca_cost_does_not_grow_with_d_squared():
+    """Issue 28: 30 rows of a flattened 16x16x64 map (16,384-d) formed a
+    2 GiB D x D scatter and eigendecomposed it (1,000 s, 9.4 GB for a whole
+    run); from the n x n Gram matrix it is a few MiB. A child process under
+    a 3 GiB address-space cap, so the old code fails fast (MemoryError)."""
+    from support import child_python
+
+    code, out, err = child_python("""
+        import numpy as np
+        from beam_projector.transforms.neighbors import fit_projection
+        x = np.random.default_rng(0).random((30, 16384), dtype=np.float32)
+        reset_peak()
+        p = fit_projection(x)
+        print(peak_growth_mib(), p.basis.shape)
+    """, address_space_gib=3, timeout=300)
+    assert code == 0, err[-1500:]
+    assert out.split()[1:] == ["(16384,", "128)"], out
+    assert float(out.split()[0]) < 200, f"fit_projection grew the peak by {out.split()[0]} MiB"
+
+
+@pytest.mark.parametrize("n,d", [(600, 1024), (40, 700)])
+def test_the_gram_route_gives_the_scatters_neighbours(n, d):
+    """D > n takes the Gram route: the same projected geometry (cosines
+    within 1e-5) and the same neighbour sets as the D x D scatter's basis;
+    with fewer rows than dims the missing directions are zero columns."""
+    rng = np.random.default_rng(1)
+    x = np.maximum(rng.standard_normal((n, 40)) @ rng.standard_normal((40, d)), 0)
+    x = x.astype(np.float32)
+    got = nb.fit_projection(x)
+    mean = x.astype(np.float64).mean(axis=0)
+    u = nb.centre_normalise(x, mean)
+    values, vectors = np.linalg.eigh(u.T @ u)
+    ref = nb.Projection(mean, vectors[:, np.argsort(-values, kind="stable")[:nb.PROJECTED_DIMS]])
+    z0 = np.stack([nb.project(v, ref) for v in x])
+    z1 = np.stack([nb.project(v, got) for v in x])
+    assert got.basis.shape == (d, nb.PROJECTED_DIMS)
+    assert np.abs(z0 @ z0.T - z1 @ z1.T).max() < 1e-5
+    rows = np.arange(n)
+    assert ([set(c.tolist()) for c, _ in nb.search_block(z0, rows, 10)]
+            == [set(c.tolist()) for c, _ in nb.search_block(z1, rows, 10)])
+
+
 def test_label_and_distance_columns():
     assert nb.majority(["3", "8", "8", "3"]) == "3"          # tie: the nearest wins
     assert nb.majority(["3", "8", "8"]) == "8"

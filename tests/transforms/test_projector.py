@@ -249,3 +249,16 @@ def test_a_png_from_elsewhere_is_left_to_pillow():
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")   # Pillow's own filters
     np.testing.assert_array_equal(np.asarray(Thumbnail(5, 6, buf.getvalue()).image()), pixels)
+
+
+def test_column_clash_names_the_columns_as_the_metadata_file_writes_them():
+    assert projector.column_clash(["path", "label"], ["nn_distance"]) is None
+    assert "'label' is column 2 and 4" in projector.column_clash(["path", "label", "x", "label"])
+    # names compared as written: a tab becomes a space, an empty name a placeholder
+    assert "'a b' is column 1 and 2" in projector.column_clash(["a\tb", "a b"])
+    assert "'<empty>' is column 2 and 3" in projector.column_clash(["p", "", " "])
+    both = projector.column_clash(["p", "duplicate", "nn_distance"], ["nn_distance", "duplicate"],
+                                  "--neighbors", "--neighbors 0")
+    assert both == ("the input's columns 'nn_distance', 'duplicate' would be written twice: "
+                    "--neighbors adds columns of that name; rename them in the input, or run "
+                    "with --neighbors 0")

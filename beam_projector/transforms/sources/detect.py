@@ -13,7 +13,7 @@ from beam_projector.transforms.sources.csv_files import (
     has_rows,
     metadata_columns,
 )
-from beam_projector.transforms.sources.folder import relative_to
+from beam_projector.transforms.sources.folder import own_logdir_picture, relative_to
 from beam_projector.transforms.sources.spec import (
     COMPRESSIONS,
     IMAGE_EXTENSIONS,
@@ -147,7 +147,7 @@ def _describe_csv(pattern, paths, image_column) -> SourceSpec:
 
 
 def _describe_folder(pattern: str, root: str, listed: Sequence[str]) -> SourceSpec:
-    images = [p for p in listed if is_image_path(p)]
+    images = [p for p in listed if is_image_path(p) and not own_logdir_picture(p)]
     if not images:
         raise SourceError(f"input {pattern} holds no image files "
                           f"({', '.join(IMAGE_EXTENSIONS)})")

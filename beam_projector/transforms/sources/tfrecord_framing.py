@@ -49,8 +49,11 @@ def iter_tfrecords_at(f, max_record_bytes: int = DEFAULT_MAX_IMAGE_BYTES
             raise TFRecordFramingError("truncated TFRecord header", offset)
         length, length_crc = struct.unpack("<QI", header)
         if _masked_crc(header[:8]) != length_crc:
+            # at the start: some other kind of file; after good records: a
+            # damaged TFRecord (a flipped bit, a bad copy)
             raise TFRecordFramingError(
-                "not a TFRecord file (record length checksum mismatch)", offset)
+                "not a TFRecord file (record length checksum mismatch)" if offset == 0
+                else "corrupt TFRecord record header (length checksum mismatch)", offset)
         if length > max_record_bytes:
             raise TFRecordFramingError(
                 f"TFRecord record of {length} bytes exceeds the limit of {max_record_bytes}",

@@ -12,7 +12,7 @@ import numpy as np
 
 from beam_projector.transforms import preview, projector
 from beam_projector.transforms.png import png_bytes, write_png_strips
-from beam_projector.transforms.records import Embedded, ErrorRow
+from beam_projector.transforms.records import Embedded, ErrorRow, capped
 from beam_projector.transforms.write.config import WriterConfig
 from beam_projector.transforms.write.layout import (
     METADATA_NAME,
@@ -24,9 +24,12 @@ LOG = logging.getLogger(__name__)
 
 
 def errors_tsv(rows: Sequence[ErrorRow]) -> bytes:
+    """errors.tsv: one line per failure, every value capped (``capped``)
+    whoever made the row, so no input can make the file huge."""
     lines = ["input\tstage\treason"]
     for r in rows:
-        lines.append("\t".join(projector.escape_metadata_value(v) for v in (r.ref, r.stage, r.reason)))
+        lines.append("\t".join(projector.escape_metadata_value(capped(v))
+                               for v in (r.ref, r.stage, r.reason)))
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 

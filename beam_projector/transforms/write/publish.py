@@ -298,19 +298,23 @@ def publish_errors_only(cfg: WriterConfig, rows: Sequence[ErrorRow]) -> None:
 
 
 def update_summary(out: str, run_id: str, data: bytes) -> bool:
-    """Replace run_summary.json with the launcher's full summary, only while
-    the logdir still shows this run (a later run may have published since)."""
+    """Add the launcher's full summary (``data``, a JSON object) to
+    run_summary.json, only while the logdir still shows this run (a later
+    run may have published since). The writer's keys (``data_folder``) stay;
+    a key both have takes the launcher's value."""
     with PublishLock(out):
         if not run_id or SUMMARY_NAME not in read_manifest(out)["files"]:
             return False
         path = join(out, SUMMARY_NAME)
         try:
-            current = json.loads(read_text(path) or "{}").get("run_id")
-        except (ValueError, AttributeError):
+            current = json.loads(read_text(path) or "{}")
+        except ValueError:
             return False
-        if current != run_id:
+        if not isinstance(current, dict) or current.get("run_id") != run_id:
             return False
-        _replace(path, data, run_id if TEMP_TAG.match(run_id) else "summary")
+        merged = {**current, **json.loads(data)}
+        body = json.dumps(merged, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n"
+        _replace(path, body, run_id if TEMP_TAG.match(run_id) else "summary")
         return True
 
 

@@ -26,7 +26,7 @@ from beam_projector.transforms.elements import (
     vectors_of,
 )
 from beam_projector.transforms.images import ImageError, read_bytes, thumbnail_image
-from beam_projector.transforms.projector import tile_size_for
+from beam_projector.transforms.projector import column_clash, tile_size_for
 from beam_projector.transforms.records import (
     DEFAULT_MAX_IMAGE_BYTES,
     ERRORS_TAG,
@@ -271,6 +271,9 @@ class WriteToProjector(beam.PTransform):
             max_image_bytes=max_image_bytes)
         self.output = output
         self._columns = tuple(columns)
+        clash = column_clash(self._columns)   # the projector keys values by name
+        if clash:
+            raise ValueError(clash)
         self._tensor_names = tuple(tensor_names or ())
         self._vector_field, self._image_field = vector_field, image_field
         self._id_fields = tuple(id_fields)

@@ -1,5 +1,6 @@
 """Input kinds: TFRecord of tf.Example (bytes or paths, plain or GZIP), image
 folders (class sub-folders -> label), CSV; stratified sampling by label."""
+import csv
 import gzip
 import io
 import os
@@ -448,3 +449,136 @@ def test_max_per_label_needs_the_label_column(tfrecord_bytes, model_path, tmp_pa
     with pytest.raises(UsageError, match="--max_per_label must be at least 1"):
         run_pipeline(input=digits[0], model=model_path, output=str(tmp_path / "o"),
                      max_per_label=0)
+
+
+# --- CSV records: the reader keeps its place (issue 28) ------------------------------
+
+def blob_csv(folder, digits, bad_row=200):
+    """The issue's CSV: rows of digit paths with a notes column, row
+    ``bad_row``'s note a quoted field of 80 lines of 65 KB (5.2 MB: every line
+    under the 1 MiB line bound, the field far over the csv module's 128 KiB)."""
+    _, rows = digits
+    blob = "\n".join(f"{i:03d} log entry value=" + "x" * 65_000 for i in range(80))
+    path = os.path.join(folder, "images.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label", "notes"])
+        for i in range(1, 251):
+            r = rows[i % len(rows)]
+            w.writerow([os.path.join(os.path.dirname(digits[0]), r["path"]), r["label"],
+                        blob if i == bad_row else f"note {i}"])
+    return path
+
+
+def read_csv_file(path):
+    from beam_projector.transforms.records import ERRORS_TAG
+    from beam_projector.transforms.sources.csv_files import _ReadCsvFn
+    out = list(_ReadCsvFn("path").process(path))
+    return ([o for o in out if not hasattr(o, "tag")],
+            [o.value for o in out if getattr(o, "tag", None) == ERRORS_TAG])
+
+
+def test_a_quoted_field_over_the_limit_is_one_error_and_the_reader_resyncs(tmp_path, digits):
+    """Once the csv module raised on the field, it resumed on the field's next
+    line: 79 phantom rows whose 'paths' were 65 KB of the field, and a 6 MB
+    errors.tsv. Now: one row naming file:line, then the next real record."""
+    path = blob_csv(str(tmp_path), digits)
+    refs, errors = read_csv_file(path)
+    assert [e.ref for e in errors] == [f"{path}:201"]
+    assert "field larger than field limit" in errors[0].reason
+    assert "(lines 201-280 skipped)" in errors[0].reason
+    assert len(refs) == 249 and all(r.ref.endswith(".png") for r in refs)
+    assert [r.metadata[2] for r in refs][198:200] == ["note 199", "note 201"]
+
+
+def test_a_record_over_the_bound_is_one_error_however_its_lines_are_cut(tmp_path):
+    """A quoted record of short lines over 1 MiB is skipped whole without
+    being held (line numbers stay physical), as is one long line; a quoted
+    field that never closes ends the file with one row saying so."""
+    from beam_projector.transforms.sources import csv_files
+    field = '"' + "y" * 50_000 + "\n" + "y" * 50_000 + '"'   # under csv's 128 KiB field limit
+    record = "b.png," + ",".join([field] * 12) + "\n"         # 1.2 MB on lines 3-15
+    text = f'path,notes\na.png,ok\n{record}c.png,{"z" * 1_100_000}\nd.png,fine\n'
+    path = tmp_path / "records.csv"
+    path.write_text(text)
+    refs, errors = read_csv_file(str(path))
+    assert [r.metadata[0] for r in refs] == ["a.png", "d.png"]
+    assert [(e.ref.rsplit(":", 1)[1], e.reason) for e in errors] == [
+        ("3", f"CSV row at lines 3-15 is {len(record):,} bytes (more than "
+              f"{csv_files.MAX_CSV_LINE_BYTES}); skipped"),
+        ("16", f"line longer than {csv_files.MAX_CSV_LINE_BYTES} bytes; skipped")]
+    big = "\n".join("y" * 60_000 for _ in range(30))
+    path.write_text(f'path,notes\na.png,ok\nb.png,"never closed\n{big}\n')
+    refs, errors = read_csv_file(str(path))
+    assert [r.metadata[0] for r in refs] == ["a.png"] and len(errors) == 1
+    assert errors[0].reason.endswith("(lines 3-33 skipped: a quoted field opened on line 3 "
+                                     "is not closed before the end of the file)"), errors
+
+
+def test_the_record_reader_gives_the_csv_modules_rows(tmp_path):
+    """On CSVs the csv module reads without an error (csv.writer's output
+    with quotes, commas and line breaks in fields, CRLF, blank lines, a BOM,
+    no final newline, quotes inside unquoted fields) the rows are the csv
+    module's own: the same uids, so the same sample and outputs as before."""
+    import csv as csv_module
+    import random
+
+    from beam_projector.transforms.sources.csv_files import csv_rows
+
+    def plain(data):
+        """The csv module over the file's lines, split at LF only as a
+        binary readline splits them (the reader before this one)."""
+        data = data.removeprefix(b"\xef\xbb\xbf")
+        lines = re.findall(rb"[^\n]*\n|[^\n]+", data)
+        return list(csv_module.reader(line.decode("utf-8", "surrogateescape") for line in lines))
+
+    rng = random.Random(0)
+    alphabet = ["a", "b", ",", '"', "\n", " ", "é", "\r\n", 'x"y', '""']
+    cases = [b'path,label\na.png,1\n"b,c.png","2"\n', b'\xef\xbb\xbfpath\r\nx.png\r\n\r\n"y""q.png"\n',
+             b'p,l\na"b,c\n"a"x,b\nlast,no newline', b'p\n\xe9t\xe9.png\n', b'p,n\n"x\n\ny",1\nz,2\n']
+    for _ in range(1500):
+        rows = [["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+                 for _ in range(rng.randint(1, 3))] for _ in range(rng.randint(1, 6))]
+        buf = io.StringIO()
+        csv_module.writer(buf, lineterminator=rng.choice(["\n", "\r\n"])).writerows(rows)
+        cases.append(buf.getvalue().encode())
+        cases.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))).encode())
+    compared = 0
+    for data in cases:
+        try:
+            want = plain(data)
+        except csv_module.Error:
+            continue            # rows after an error differ by design: see the tests above
+        got = [(row, problem) for _, row, problem in csv_rows(io.BytesIO(data))]
+        assert got == [(row, None) for row in want], data
+        compared += 1
+    assert compared > 2000
+
+
+def test_a_header_over_the_line_bound_is_not_called_empty(tmp_path):
+    """A 1.1 MB header row read as a blank line: 'input ... is empty'."""
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join(["path", "label"] + [f"c{i:06d}" for i in range(140_000)])
+                    + "\na.png,1\n")
+    with pytest.raises(source_spec.SourceError) as e:
+        detect.describe_input(str(wide))
+    assert "is empty" not in str(e.value)
+    assert "its header row is longer than 1048576 bytes" in str(e.value)
+
+
+
+def test_a_bad_length_checksum_after_good_records_is_not_called_not_a_tfrecord(tfrecord_bytes):
+    """A flipped bit in record 31's length CRC, after 30 good records, said
+    'not a TFRecord file'; that stays the word for a bad first header."""
+    data = bytearray(open(tfrecord_bytes, "rb").read())
+    good = list(tfrecord_framing.iter_tfrecords_at(io.BytesIO(bytes(data))))
+    offset = good[30][0]
+    data[offset + 8] ^= 0x01
+    with pytest.raises(tfrecord_framing.TFRecordFramingError) as e:
+        list(tfrecord_framing.iter_tfrecords_at(io.BytesIO(bytes(data))))
+    assert e.value.offset == offset
+    assert e.value.reason == "corrupt TFRecord record header (length checksum mismatch)"
+    data[8] ^= 0x01
+    with pytest.raises(tfrecord_framing.TFRecordFramingError,
+                       match=r"^not a TFRecord file \(record length checksum mismatch\) at byte 0$"):
+        list(tfrecord_framing.iter_tfrecords_at(io.BytesIO(bytes(data))))

@@ -111,3 +111,20 @@ def test_an_extra_that_does_not_fit_fails_before_the_config_swap(small_disk):
     assert "nothing published" in msg and f"removed its partial data-{assets.digest}/" in msg
     # still the previous projector, with its own preview, errors and summary
     assert snapshot(str(out)) == before
+
+
+def test_a_full_disk_refuses_the_output_and_leaves_no_write_probe(small_disk, digits, model_path):
+    """At 0 bytes free the probe's create() succeeds and its write fails:
+    each refused run used to leave a 0-byte .write-probe-* behind."""
+    from beam_projector.transforms.checks import check_output
+
+    out = small_disk / "out"
+    out.mkdir()
+    filler = fill(small_disk, 0)
+    try:
+        for _ in range(2):
+            with pytest.raises(ValueError, match="is not writable"):
+                check_output(str(out))
+        assert os.listdir(out) == []
+    finally:
+        os.remove(filler)

@@ -237,3 +237,32 @@ def test_a_glob_input_that_cannot_reach_the_output_stays_allowed(photo_folder, m
         assert summary["read"] == 12 and summary["written"] == 12
     assert os.path.isfile(os.path.join(out, layout.PREVIEW_NAME))
     assert standalone.INDEX_NAME not in os.listdir(out)
+
+
+def test_an_output_that_is_the_folder_of_an_input_glob_is_refused(photo_folder, model_path):
+    """Issue 28: 'F/*.png' does not match F/preview.png, so --output F was
+    allowed, and a later --input F embedded that run's preview and sprite."""
+    folder, _ = photo_folder
+    before = snapshot(folder)
+    for output in (folder, folder + "/"):
+        with pytest.raises(UsageError, match="is the folder of --input .*a sub-folder is fine"):
+            run_pipeline(input=folder + "/*.png", model=model_path, output=output,
+                         max_items=10, tile_size=16)
+    assert snapshot(folder) == before
+
+
+def test_a_folder_run_skips_a_logdir_inside_it(photo_folder, model_path, tmp_path):
+    """A logdir in a sub-folder (allowed for a glob that cannot reach it, or
+    left by an older version) holds preview.png and data-*/sprite.png: a
+    later run over the whole folder reads the 12 photos only."""
+    folder, _ = photo_folder
+    run_pipeline(input=folder + "/*.png", model=model_path, output=os.path.join(folder, "logdir"),
+                 max_items=50, tile_size=16)
+    summary = run_pipeline(input=folder, model=model_path, output=str(tmp_path / "elsewhere"),
+                           max_items=50, tile_size=16)
+    assert summary["read"] == 12 and summary["written"] == 12
+    meta = open(os.path.join(tmp_path / "elsewhere", next(
+        d for d in os.listdir(tmp_path / "elsewhere") if d.startswith("data-")),
+        layout.METADATA_NAME)).read()
+    assert "preview" not in meta and "sprite" not in meta
+    assert meta.split("\t", 2)[:2] == ["path", "nn_distance"]   # no label column from logdir/

@@ -225,3 +225,24 @@ def test_republishing_the_same_assets_keeps_one_folder(tmp_path):
     assert snapshot(cfg.output) == first
     assert [d for d in os.listdir(cfg.output) if d.startswith(layout.DATA_PREFIX)] == [
         layout.DATA_PREFIX + assets.digest]
+
+
+def test_the_launchers_summary_keeps_the_writers_data_folder(tmp_path):
+    """Issue 28: the launcher's run summary (counters, timings) replaced the
+    writer's, and run_summary.json lost its data_folder key."""
+    import json
+
+    assets, cfg = tiny_assets(tmp_path)
+    cfg = cfg._replace(run_id="a" * 32)
+    publish.publish(assets, cfg, [])
+    path = os.path.join(cfg.output, layout.SUMMARY_NAME)
+    written = json.load(open(path))
+    assert written["data_folder"] == layout.DATA_PREFIX + assets.digest
+    launcher = {"run_id": cfg.run_id, "counters": {"written": 4, "read": 9},
+                "wall_seconds": 1.5}
+    assert publish.update_summary(cfg.output, cfg.run_id, json.dumps(launcher).encode())
+    merged = json.load(open(path))
+    assert merged["data_folder"] == written["data_folder"]
+    assert merged["counters"] == launcher["counters"] and merged["wall_seconds"] == 1.5
+    # another run's summary is left alone
+    assert not publish.update_summary(cfg.output, "b" * 32, b"{}")
