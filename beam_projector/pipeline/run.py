@@ -30,6 +30,7 @@ from beam_projector.pipeline.progress import (
     summary_bytes,
 )
 from beam_projector.transforms.composite import ImagesToProjector
+from beam_projector.transforms.layout_stage import LayoutColumns
 from beam_projector.transforms.neighbors import NeighborColumns
 from beam_projector.transforms.sources.read import ReadImages
 from beam_projector.transforms.staging import delete_staging, staging_dir
@@ -42,9 +43,12 @@ LOG = logging.getLogger("beam-projector")
 def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     """The CLI's graph: the public source and composite, as a library user
     applies them, from the checked plan."""
-    nn = plan.neighbors
+    nn, lay = plan.neighbors, plan.layout
     column_stages = [("Neighbors" >> NeighborColumns(
         nn.k, nn.tensor_index, nn.label_index, 0, nn.threshold))] if nn else []
+    if lay:
+        column_stages.append("Layout" >> LayoutColumns(
+            lay.method, lay.tensor_index, lay.label_index, lay.dims, lay.sample, lay.seed))
     read = p | "ReadInput" >> ReadImages(spec=plan.source,
                                          max_record_bytes=plan.settings.max_image_bytes)
     return read | "Projector" >> ImagesToProjector(

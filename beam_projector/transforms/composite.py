@@ -245,7 +245,10 @@ class ImagesToProjector(beam.PTransform):
             output=self.output,
             columns=tuple(columns) + self._extra_columns + sum(stage_columns, ()),
             tensor_names=tensor_names, settings=settings, run_id=self.run_id,
-            label_column=self._suspects_label_column, options_json=self._options_json)
+            label_column=self._suspects_label_column, options_json=self._options_json,
+            # a stage's layout_columns (LayoutColumns) go to bookmarks.json, not metadata
+            layout_columns=sum((tuple(getattr(getattr(s, "transform", s), "layout_columns", ()))
+                                for s in self._column_stages), ()))
         # after_embed stages may have made new thumbnails: staged here too
         staged = embedded | "StageThumbnails" >> StageThumbnails(folder)
         summary = ((staged, errors, *tables)
