@@ -24,6 +24,7 @@ _PUBLIC = {
     "ImagesToProjector": "composite", "ProjectorResult": "composite",
     "SampleItems": "sampling",
     "NeighborColumns": "neighbors",
+    "LayoutColumns": "layout_stage",
     "ModelSpec": "model", "Settings": "settings",
     "ImageRef": "records", "Embedded": "records", "ErrorRow": "records",
 }

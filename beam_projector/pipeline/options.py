@@ -123,8 +123,8 @@ class ProjectorOptions(PipelineOptions):
                        "feature_vecs.bytes, little-endian float32 that TensorBoard "
                        "loads 25x faster (for big runs)")
         g.add_argument("--no_preview", action="store_true", default=False,
-                       help="do not write preview.png (the thumbnails at a 2-D PCA of the "
-                       "embeddings) at the logdir root")
+                       help="do not write preview.png (the thumbnails at the layout's "
+                       "positions, or a 2-D PCA with --layout none) at the logdir root")
         g.add_argument("--standalone", action="store_true", default=False,
                        help="also write a static export for the standalone Embedding "
                        "Projector: .bytes tensors, projector_config.json and index.html")
