@@ -214,8 +214,11 @@ def _views(out):
     (meta,) = out.glob("data-*/metadata.tsv")
     with open(meta, newline="") as f:
         paths = [r["path"] for r in csv.DictReader(f, delimiter="\t")]
-    return {s["label"].split(":")[0]: [paths[i] for i in s["selectedPoints"]]
-            for s in json.loads(path.read_text())}
+    states = json.loads(path.read_text())
+    # the projector's State list: every view carries every point's coordinates
+    assert all(len(s["projections"]) == len(paths) and s["selectedProjection"] == "umap"
+               for s in states)
+    return {s["label"].split(":")[0]: [paths[i] for i in s["selectedPoints"]] for s in states}
 
 
 @pytest.mark.slow
