@@ -22,6 +22,10 @@ REQUIRED = [
     "numpy>=1.26",
     "pillow>=10.3",
     "pyyaml>=6",
+    # the offline layout (--layout umap): UMAP fitted on a sample, and
+    # scikit-learn's HDBSCAN for the cluster column (sklearn >= 1.3)
+    "umap-learn>=0.5.12,<0.6",
+    "scikit-learn>=1.3",
 ]
 
 setuptools.setup(

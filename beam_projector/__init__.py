@@ -31,6 +31,7 @@ _PUBLIC = {
     "NeighborColumns": "neighbors",
     "WriteToProjector": "write.to_projector", "ProjectorResult": "write.to_projector",
     "ImagesToProjector": "composite",
+    "LayoutColumns": "layout_stage",
     "ModelSpec": "model", "Settings": "settings",
     "ImageRef": "records", "Embedded": "records", "ErrorRow": "records",
 }

@@ -176,8 +176,10 @@ def main(argv=None) -> int:
         print(f"demo: done in {time.time() - t0:.1f}s. Open it with:\n"
               f"  {os.path.dirname(sys.executable)}/tensorboard --logdir {logdir} "
               f"--host 127.0.0.1 --port 6006\n"
-              f"then the PROJECTOR tab at http://127.0.0.1:6006/#projector; "
-              f"Color by nn_label_agreement_bin, and see {logdir}/suspects.tsv")
+              f"then the PROJECTOR tab at http://127.0.0.1:6006/#projector; the Bookmarks "
+              f"panel (bottom right) has the layout of every point and the likely label "
+              f"errors, duplicates and outliers; Color by suspect; and see "
+              f"{logdir}/suspects.tsv")
     return rc
 
 

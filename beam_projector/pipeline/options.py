@@ -9,6 +9,7 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_projector.transforms.images import RESIZE_MODES
+from beam_projector.transforms.layout import DEFAULT_METHOD, DEFAULT_SAMPLE, METHODS
 from beam_projector.transforms.model import PIXEL_SCALES, POOLS
 from beam_projector.transforms.neighbors import DEFAULT_DUPLICATE_THRESHOLD
 from beam_projector.transforms.records import DEFAULT_MAX_IMAGE_BYTES
@@ -126,8 +127,8 @@ class ProjectorOptions(PipelineOptions):
                        "feature_vecs.bytes, little-endian float32 that TensorBoard "
                        "loads 25x faster (for big runs)")
         g.add_argument("--no_preview", action="store_true", default=False,
-                       help="do not write preview.png (the thumbnails at a 2-D PCA of the "
-                       "embeddings) at the logdir root")
+                       help="do not write preview.png (the thumbnails at the layout's "
+                       "positions, or a 2-D PCA with --layout none) at the logdir root")
         g.add_argument("--standalone", action="store_true", default=False,
                        help="also write a static export for the standalone Embedding "
                        "Projector: .bytes tensors, projector_config.json and index.html")
@@ -141,6 +142,17 @@ class ProjectorOptions(PipelineOptions):
                        help="mean grey difference (0-255) of two 16x16 thumbnails at or "
                        "below which neighbours are the same picture (default: "
                        f"{DEFAULT_DUPLICATE_THRESHOLD:g}; measured in BENCHMARKS.md)")
+        g.add_argument("--layout", default=DEFAULT_METHOD, choices=METHODS,
+                       help="a layout of every point computed offline (the projector's "
+                       "own t-SNE and UMAP see 10,000 and 5,000 of them), saved with the "
+                       "label-error, duplicate and outlier views in the projector's "
+                       "Bookmarks panel, plus a cluster column; none: no layout, no "
+                       "bookmarks")
+        g.add_argument("--layout_dims", type=int, default=2, choices=(2, 3),
+                       help="2-D or 3-D layout")
+        g.add_argument("--layout_sample", type=int, default=DEFAULT_SAMPLE,
+                       help="the layout is fitted on the first this many items in output "
+                       "order; every other item is placed from its nearest of them")
 
         g = parser.add_argument_group("failures")
         g.add_argument("--max_image_bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,

@@ -38,6 +38,16 @@ class NeighborPlan(NamedTuple):
     threshold: float
 
 
+class LayoutPlan(NamedTuple):
+    """What ``LayoutColumns`` is given: --layout and its companions."""
+    method: str
+    tensor_index: int             # the --neighbors_tensor embedding (default: the first)
+    label_index: Optional[int]    # clusters are named after this column; None: unnamed
+    dims: int
+    sample: int
+    seed: int
+
+
 class Plan(NamedTuple):
     """What the launcher resolved before any work: all ``run.build`` reads."""
     source: SourceSpec
@@ -46,6 +56,7 @@ class Plan(NamedTuple):
     tensor_names: Tuple[str, ...]
     neighbors: Optional[NeighborPlan]   # None: --neighbors 0
     run_id: str                         # names this run in the logdir's manifest
+    layout: Optional[LayoutPlan] = None  # None: --layout none
 
 
 def _as_flag(e: ValueError) -> UsageError:
@@ -149,6 +160,7 @@ def make_plan(po) -> Plan:
     except ValueError as e:
         raise UsageError(str(e)) from None
     neighbors = neighbor_plan(po, tensor_names, source.columns)
+    layout = layout_plan(po, tensor_names, source.columns)
     _check_not_inside_input(po.output, source)
     try:
         check_output(po.output, root_files(settings.preview, settings.standalone,
@@ -156,7 +168,7 @@ def make_plan(po) -> Plan:
     except ValueError as e:
         raise _as_flag(e) from None
     return Plan(source=source, model=spec, settings=settings, tensor_names=tensor_names,
-                neighbors=neighbors, run_id=uuid.uuid4().hex)
+                neighbors=neighbors, run_id=uuid.uuid4().hex, layout=layout)
 
 
 def neighbor_plan(po, tensor_names, columns) -> Optional[NeighborPlan]:
@@ -177,3 +189,22 @@ def neighbor_plan(po, tensor_names, columns) -> Optional[NeighborPlan]:
     return NeighborPlan(po.neighbors, tensor_names.index(name),
                         columns.index(label) if label else None, label,
                         po.duplicate_threshold)
+
+
+def layout_plan(po, tensor_names, columns) -> Optional[LayoutPlan]:
+    """--layout/--layout_dims/--layout_sample resolved; None for --layout none.
+    The layout is of the tensor the neighbours use (--neighbors_tensor), so
+    the views' points and the suspect ranks come from one embedding.
+    Raises UsageError."""
+    if po.layout == "none":
+        return None
+    if po.layout_sample is None or po.layout_sample < 1:
+        raise UsageError(f"--layout_sample must be at least 1, got {po.layout_sample}")
+    name = po.neighbors_tensor or tensor_names[0]
+    if name not in tensor_names:
+        raise UsageError(f"--neighbors_tensor {name!r} is not one of the model's embeddings: "
+                         f"{', '.join(tensor_names)}")
+    label = po.label_column if po.label_column in columns[1:] else ""
+    return LayoutPlan(po.layout, tensor_names.index(name),
+                      columns.index(label) if label else None, po.layout_dims,
+                      po.layout_sample, po.seed)

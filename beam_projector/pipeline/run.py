@@ -29,6 +29,7 @@ from beam_projector.pipeline.progress import (
     summary_bytes,
 )
 from beam_projector.transforms.composite import ImagesToProjector, RunContext
+from beam_projector.transforms.layout import DEFAULT_SAMPLE
 from beam_projector.transforms.sources.read import ReadImages
 from beam_projector.transforms.staging import delete_staging, staging_dir
 from beam_projector.transforms.write.layout import SUMMARY_NAME
@@ -41,14 +42,16 @@ def build(p: beam.Pipeline, po: ProjectorOptions, plan: Plan):
     """The CLI's graph: the public source and composite, as a library user
     applies them, from the checked plan; the CLI adds only its progress
     lines, its run id and the options it records (``RunContext``)."""
-    nn = plan.neighbors
+    nn, lay = plan.neighbors, plan.layout
     read = p | "ReadInput" >> ReadImages(spec=plan.source,
                                          max_record_bytes=plan.settings.max_image_bytes)
     return read | "Projector" >> ImagesToProjector(
         output=po.output, model=plan.model, columns=plan.source.columns,
         settings=plan.settings, neighbors=nn.k if nn else 0,
-        neighbors_tensor=nn.tensor_index if nn else None,
+        neighbors_tensor=(nn or lay).tensor_index if (nn or lay) else None,
         duplicate_threshold=nn.threshold if nn else 0.0,
+        layout=lay.method if lay else "none", layout_dims=lay.dims if lay else 2,
+        layout_sample=lay.sample if lay else DEFAULT_SAMPLE,
         run=RunContext(progress=LogProgress, run_id=plan.run_id, options=_options_used(po)))
 
 

@@ -28,6 +28,8 @@ from beam_projector.transforms.elements import (
 )
 from beam_projector.transforms.first_n import EmbedFirstN
 from beam_projector.transforms.inference import DescribeModel
+from beam_projector.transforms.layout import DEFAULT_METHOD, DEFAULT_SAMPLE, METHODS
+from beam_projector.transforms.layout_stage import CLUSTER_COLUMN, LayoutColumns
 from beam_projector.transforms.model import ModelInfo, ModelSpec, with_batch_size
 from beam_projector.transforms.neighbors import (
     DEFAULT_DUPLICATE_THRESHOLD,
@@ -44,6 +46,7 @@ from beam_projector.transforms.records import (
 from beam_projector.transforms.settings import Settings
 from beam_projector.transforms.sources.read import ERRORS, IMAGES
 from beam_projector.transforms.staging import StageThumbnails, staging_dir
+from beam_projector.transforms.suspects import SUSPECT_COLUMN
 from beam_projector.transforms.write.config import WriterConfig
 from beam_projector.transforms.write.layout import root_files
 from beam_projector.transforms.write.stage import WriteProjectorLogdir
@@ -178,6 +181,9 @@ class ImagesToProjector(beam.PTransform):
         ``ValueError`` names the setting); or ``settings``, a ``Settings``.
       neighbors, neighbors_tensor, duplicate_threshold: the neighbour
         columns and suspects.tsv, as the CLI's (``neighbors=0``: none).
+      layout, layout_dims, layout_sample: the full-data layout of the
+        ``neighbors_tensor`` embedding, its ``cluster`` column and the
+        projector's Bookmarks views, as the CLI's (``layout="none"``: none).
       image_field, id_fields: where a dict's image is; which fields name an
         element in its dead letter.
       errors: extra dead-letter PCollections (``ErrorRow``) for errors.tsv.
@@ -205,6 +211,8 @@ class ImagesToProjector(beam.PTransform):
                  max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, *,
                  neighbors: int = 10, neighbors_tensor: Union[str, int, None] = None,
                  duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
+                 layout: str = DEFAULT_METHOD, layout_dims: int = 2,
+                 layout_sample: int = DEFAULT_SAMPLE,
                  image_field: str = "image", id_fields: Sequence[str] = ("id",),
                  errors: Sequence = (), after_embed: Sequence[beam.PTransform] = (),
                  extra_columns: Sequence[str] = (),
@@ -235,6 +243,10 @@ class ImagesToProjector(beam.PTransform):
             raise ValueError(f"duplicate_threshold must be 0 or more, got {duplicate_threshold}")
         self._neighbors = (neighbors, _neighbors_tensor(spec, neighbors_tensor),
                            duplicate_threshold)
+        if layout not in METHODS:
+            raise ValueError(f"layout must be one of {', '.join(METHODS)}, got {layout!r}")
+        self._layout = (layout, layout_dims, layout_sample)
+        self._layout_stage(("",))   # checks layout_dims and layout_sample now
         self._image_field, self._id_fields = image_field, tuple(id_fields)
         self._errors = tuple(errors)
         self._after_embed = tuple(after_embed)
@@ -254,7 +266,8 @@ class ImagesToProjector(beam.PTransform):
             run.options if run.options is not None else
             {"output": output, "model": dataclasses.asdict(self.model),
              **dataclasses.asdict(self.settings),
-             "neighbors": neighbors, "duplicate_threshold": duplicate_threshold},
+             "neighbors": neighbors, "duplicate_threshold": duplicate_threshold,
+             "layout": layout, "layout_dims": layout_dims, "layout_sample": layout_sample},
             sort_keys=True, default=str)
 
     def accept_read_result(self, columns: Sequence[str]) -> None:
@@ -277,6 +290,14 @@ class ImagesToProjector(beam.PTransform):
                                 threshold)
         return "Neighbors" >> stage, label
 
+    def _layout_stage(self, columns) -> Optional[LayoutColumns]:
+        method, dims, sample = self._layout
+        if method == "none":
+            return None
+        label = self.settings.label_column if self.settings.label_column in columns[1:] else ""
+        return LayoutColumns(method, self._neighbors[1], columns.index(label) if label else None,
+                             dims, sample, self.settings.seed)
+
     def _check_columns(self, columns) -> None:
         """Every metadata column name unique, as metadata.tsv writes it: the
         projector keys values by name, so a user's column named like one the
@@ -285,7 +306,10 @@ class ImagesToProjector(beam.PTransform):
         added = ()
         if self._neighbors[0]:
             has_label = self.settings.label_column in tuple(columns)[1:]
-            added = neighbor_columns(has_label)
+            added = neighbor_columns(has_label) + (SUSPECT_COLUMN,)
+        layout = self._layout_stage(columns)
+        if layout is not None:
+            added += (CLUSTER_COLUMN,)
         staged = sum((tuple(getattr(stage, "transform", stage).columns)
                       for stage in self._column_stages), ())
         clash = (column_clash(own, added, "neighbors", "neighbors=0")
@@ -350,6 +374,10 @@ class ImagesToProjector(beam.PTransform):
         neighbors, suspects_label = self._neighbor_stage(columns)
         if neighbors is not None:
             column_stages.insert(0, neighbors)
+        layout = self._layout_stage(columns)
+        layout_columns = layout.layout_columns if layout is not None else ()
+        if layout is not None:
+            column_stages.append("Layout" >> layout)
         tables = [_apply_stage(embedded, stage, f"Columns{i}")
                   for i, stage in enumerate(column_stages)]
         stage_columns = [tuple(getattr(stage, "transform", stage).columns)
@@ -360,7 +388,9 @@ class ImagesToProjector(beam.PTransform):
             output=self.output,
             columns=tuple(columns) + self._extra_columns + sum(stage_columns, ()),
             tensor_names=(), settings=settings, run_id=self.run_id,
-            label_column=suspects_label, options_json=self._options_json)
+            label_column=suspects_label, options_json=self._options_json,
+            # the layout's coordinates go to bookmarks.json, not metadata.tsv
+            layout_columns=layout_columns)
         # after_embed stages may have made new thumbnails: staged here too
         staged = embedded | "StageThumbnails" >> StageThumbnails(folder)
         summary = ((staged, errors, *tables)

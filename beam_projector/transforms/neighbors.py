@@ -51,10 +51,19 @@ DEFAULT_DUPLICATE_THRESHOLD = 3.0
 # the first CUT_SAMPLE items in output order.
 CUT_SAMPLE = 4096
 DISTANCE_QUANTILES = (0.5, 0.8, 0.95, 0.99)
-DISTANCE_BINS = ("1 nearest 50%", "2 50-80%", "3 80-95%", "4 95-99%", "5 most isolated 1%")
-# nn_label_agreement buckets: (lower bound in tenths, label).
-AGREEMENT_BINS = ((9, "4 agree >=90%"), (6, "3 most 60-90%"), (3, "2 mixed 30-60%"),
-                  (0, "1 disagree <30%"))
+# The bucket columns hold integer codes, not text: the projector sorts
+# integer values (and gives colour i to the i-th), whatever the row order,
+# while text values take their colours in order of first appearance, which
+# changes from run to run (docs/output.md, "Colours"). Code 0 is the bulk
+# (blue), code 1 the strongest signal (red), then pink, cyan, green.
+# nn_distance buckets: code -> (quantile range, meaning), by increasing cut.
+DISTANCE_BINS = ("0", "4", "3", "2", "1")          # nearest 50%, 50-80%, 80-95%, 95-99%, top 1%
+DISTANCE_BIN_NAMES = {"0": "nearest 50%", "1": "most isolated 1%", "2": "95-99%",
+                      "3": "80-95%", "4": "50-80%"}
+# nn_label_agreement buckets: (lower bound of the weighted agreement, code).
+AGREEMENT_BINS = ((0.9, "0"), (0.6, "3"), (0.3, "2"), (0.0, "1"))
+AGREEMENT_BIN_NAMES = {"0": "agree >=90%", "1": "disagree <30%", "2": "mixed 30-60%",
+                       "3": "most 60-90%"}
 DUPLICATE_ROLES = ("none", "first", "copy")
 # Block size of the blocked top-K search (see search_block).
 _BLOCK = 512
@@ -233,11 +242,38 @@ def majority(labels: Sequence[str]) -> str:
     return next(lab for lab in labels if counts[lab] == best)
 
 
-def agreement_bin(agree: int, k: int) -> str:
-    for tenths, label in AGREEMENT_BINS:
-        if agree * 10 >= tenths * k:
-            return label
+def rank_weights(k: int) -> np.ndarray:
+    """Weights of the 1st ... k-th neighbour in nn_label_agreement: 1/rank."""
+    return 1.0 / np.arange(1, k + 1)
+
+
+def weighted_agreement(same: Sequence[bool]) -> float:
+    """Share of the neighbours (nearest first) carrying the item's label,
+    each weighted 1/rank: nearer neighbours count more, and the value takes
+    hundreds of distinct values instead of K + 1, so the projector draws
+    the column as a gradient (a numeric column needs more than 50 distinct
+    values for that) and suspects rank without ties."""
+    w = rank_weights(len(same))
+    return float(w[np.asarray(same, dtype=bool)].sum() / w.sum()) if len(same) else 0.0
+
+
+def agreement_bin(agreement: float) -> str:
+    for lower, code in AGREEMENT_BINS:
+        if agreement >= lower:
+            return code
     return AGREEMENT_BINS[-1][1]
+
+
+def js_number(value: float, decimals: int) -> str:
+    """``value`` rounded to ``decimals``, written as JavaScript writes that
+    number (``String(Number(text)) == text``): "0.7", "1", never "0.70".
+    The projector colours a point by the number but labels the legend by
+    the text, so "1.00" got one colour in the legend and another on the
+    points (docs/output.md, "Colours")."""
+    text = f"{float(value):.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 def distance_bin(distance: float, cuts: Sequence[float]) -> str:
@@ -253,7 +289,7 @@ def distance_cuts(distances: Sequence[float]) -> Tuple[float, ...]:
 
 
 def format_distance(sim: float) -> str:
-    return f"{max(0.0, 1.0 - sim):.4f}"
+    return js_number(max(0.0, 1.0 - sim), 4)
 
 
 class NeighborIndex(NamedTuple):
@@ -295,8 +331,9 @@ def neighbor_values(row: int, cand: np.ndarray, sims: np.ndarray, index: Neighbo
         if len(near):
             own = index.labels[row]
             labs = [index.labels[j] for j in near]
-            agree = sum(lab == own for lab in labs)
-            out += [f"{agree / len(near):.2f}", agreement_bin(agree, len(near)), majority(labs)]
+            agreement = weighted_agreement([lab == own for lab in labs])
+            text = js_number(agreement, 3)
+            out += [text, agreement_bin(float(text)), majority(labs)]
         else:
             out += ["", "", ""]
     if len(near):

@@ -1,4 +1,5 @@
-"""preview.png: the sample's thumbnails laid out at a 2-D PCA of the embeddings.
+"""preview.png: the sample's thumbnails laid out at a 2-D PCA of the embeddings,
+or at the offline layout's positions when there is one (``layout``).
 
 Pure functions (numpy + Pillow, no Beam) so a user sees the map in a bucket
 listing or an Airflow artifact without starting TensorBoard. Thumbnails are
@@ -148,14 +149,19 @@ def grid_layout(coords: np.ndarray, grid: int) -> Tuple[np.ndarray, np.ndarray]:
 
 def render_preview(thumbnails: Sequence, matrix, tile: int,
                    max_side: int = MAX_PREVIEW_SIDE,
-                   background: Tuple[int, int, int] = BACKGROUND) -> Image.Image:
+                   background: Tuple[int, int, int] = BACKGROUND,
+                   coords=None) -> Image.Image:
     """The preview image: ``thumbnails[i]`` (a ``Thumbnail``) at the PCA
-    position of ``matrix[i]``, on a plain background, at most ``max_side`` px."""
+    position of ``matrix[i]`` (or at ``coords[i]``, a 2-D layout, when
+    given), on a plain background, at most ``max_side`` px."""
     n = len(thumbnails)
     if n != len(matrix):
         raise ValueError(f"{n} thumbnails for {len(matrix)} embedding rows")
+    if coords is not None and len(coords) != n:
+        raise ValueError(f"{n} thumbnails for {len(coords)} layout positions")
     grid, cell = preview_geometry(n, tile, max_side)
-    cells, order = grid_layout(pca_2d(matrix), grid)
+    cells, order = grid_layout(pca_2d(matrix) if coords is None
+                               else np.asarray(coords, dtype=np.float64)[:, :2], grid)
     # a 1 px gap keeps neighbouring thumbnails apart once cells are big enough
     inner = cell - 1 if cell >= 6 else cell
     canvas = Image.new("RGB", (grid * cell, grid * cell), background)

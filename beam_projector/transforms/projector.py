@@ -16,6 +16,11 @@ from PIL import Image
 MAX_SPRITE_SIDE = 8192
 
 
+# "Color by" lists a text column only when it has at most this many distinct
+# values (and draws a numeric one as a gradient only when it has more).
+MAX_COLOR_VALUES = 50
+
+
 # Shown instead of an empty metadata value: a blank line is skipped by the
 # projector, which would shift every later row by one.
 EMPTY_PLACEHOLDER = "<empty>"
@@ -177,10 +182,13 @@ def binary_tensor_is_readable(data: bytes) -> bool:
 
 def projector_config_text(tensors: Sequence[Tuple[str, Tuple[int, int], str]],
                           metadata_path: str, sprite_path: Optional[str],
-                          tile: int) -> str:
+                          tile: int, bookmarks_path: Optional[str] = None) -> str:
     """projector_config.pbtxt via tensorboard's own proto (never by hand).
 
-    ``tensors`` is a list of (tensor_name, (N, D), relative tensor_path).
+    ``tensors`` is a list of (tensor_name, (N, D), relative tensor_path);
+    ``bookmarks_path``, when given, is every tensor's saved views. Set only
+    when the file is written: the projector fetches it on selecting the
+    tensor, and an error there silently leaves the panel empty.
     """
     from google.protobuf import text_format
     from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
@@ -195,6 +203,8 @@ def projector_config_text(tensors: Sequence[Tuple[str, Tuple[int, int], str]],
         if sprite_path:
             emb.sprite.image_path = sprite_path
             emb.sprite.single_image_dim.extend([tile, tile])
+        if bookmarks_path:
+            emb.bookmarks_path = bookmarks_path
     return text_format.MessageToString(config)
 
 

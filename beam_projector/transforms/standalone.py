@@ -32,8 +32,10 @@ def _check_relative(path: str, what: str) -> str:
 
 
 def config_json(tensors: Sequence[Tuple[str, Tuple[int, int], str]], metadata_path: str,
-                sprite_path: Optional[str], tile: int) -> str:
-    """projector_config.json: one entry per (tensor_name, (N, D), .bytes path)."""
+                sprite_path: Optional[str], tile: int,
+                bookmarks_path: Optional[str] = None) -> str:
+    """projector_config.json: one entry per (tensor_name, (N, D), .bytes path);
+    ``bookmarks_path`` (fetched by the page like the others) for each, when given."""
     if not tensors:
         raise ValueError("the standalone config needs at least one tensor")
     embeddings = []
@@ -49,6 +51,8 @@ def config_json(tensors: Sequence[Tuple[str, Tuple[int, int], str]], metadata_pa
         if sprite_path:
             emb["sprite"] = {"imagePath": _check_relative(sprite_path, "sprite.imagePath"),
                              "singleImageDim": [int(tile), int(tile)]}
+        if bookmarks_path:
+            emb["bookmarksPath"] = _check_relative(bookmarks_path, "bookmarksPath")
         embeddings.append(emb)
     return json.dumps({"embeddings": embeddings}, indent=2) + "\n"
 

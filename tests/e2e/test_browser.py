@@ -325,7 +325,7 @@ COLOR_OPTIONS_JS = r"""
 })()
 """
 NEIGHBOR_COLOURABLE = ("nn_label_agreement", "nn_label_agreement_bin", "nn_majority_label",
-                       "nn_distance", "nn_distance_bin", "duplicate")
+                       "nn_distance", "nn_distance_bin", "duplicate", "cluster", "suspect")
 
 
 def color_by_options(page, wanted, timeout=60):
@@ -356,3 +356,128 @@ def test_neighbor_columns_are_offered_in_color_by(digits, model_path, tmp_path):
     assert "path" not in options          # 60 distinct strings: dropped by the projector
     for name in NEIGHBOR_COLOURABLE:
         assert name in options, (name, options)
+
+
+# --- issue 27: the bookmarks, in TensorBoard and in the standalone export ---
+
+# The projector element (found through shadow roots and TensorBoard's iframe)
+# as window.P, for the checks below.
+FIND_PROJECTOR_JS = r"""
+(() => {
+  const walk = (node) => {
+    if (!node) return null;
+    if (node.tagName === 'VZ-PROJECTOR') return node;
+    if (node.shadowRoot) { const f = walk(node.shadowRoot); if (f) return f; }
+    if (node.tagName === 'IFRAME' && node.contentDocument) {
+      const f = walk(node.contentDocument); if (f) return f; }
+    for (const ch of node.children || []) { const f = walk(ch); if (f) return f; }
+    return null;
+  };
+  window.P = walk(document);
+  const bp = window.P && window.P.bookmarkPanel;
+  return bp && bp.savedStates ? bp.savedStates.map(s => s.label) : null;
+})()
+"""
+
+# Restores saved view i as a click on it does, then reads back what the
+# projector holds: its projection, every point's umap coordinates, the drawn
+# positions (world space, after the projector's per-axis scaling), the
+# selection and the colour-by in effect.
+RESTORE_JS = r"""
+(() => {
+  P.bookmarkPanel.loadSavedState(%d);
+  const pos = P.projectorScatterPlotAdapter.scatterPlot.worldSpacePointPositions;
+  const pr = P.projection;
+  return {type: pr && pr.projectionType,
+          coords: P.dataSet.points.map(p => [p.projections['umap-0'], p.projections['umap-1']]),
+          drawn: Array.from(pos || []),
+          selected: Array.from(P.selectedPointIndices || []),
+          colorBy: P.dataPanel.selectedColorOptionName,
+          colorDesc: (P.dataPanel.colorOptions.find(
+              c => c.name === P.dataPanel.selectedColorOptionName) || {}).desc};
+})()
+"""
+GRADIENT_JS = r"""
+(() => Object.fromEntries(P.dataPanel.colorOptions.filter(o => o.name).map(o => [o.name, o.desc])))()
+"""
+BOOKMARK_DIGITS = 400
+
+
+def saved_views(page, timeout=LOAD_TIMEOUT):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        labels = page.evaluate(FIND_PROJECTOR_JS)
+        if labels:
+            return labels
+        time.sleep(1)
+    raise AssertionError("the Bookmarks panel listed no saved view")
+
+
+def check_restored_layout(state, written):
+    """The projector holds the written coordinates, and draws every point
+    where they say: its positions are a per-axis scaling of them."""
+    coords = np.array(state["coords"], dtype=np.float64)
+    want = np.array([[p["umap-0"], p["umap-1"]] for p in written["projections"]])
+    assert state["type"] == "umap"
+    assert coords.shape == want.shape and np.abs(coords - want).max() == 0
+    drawn = np.array(state["drawn"]).reshape(-1, 3)[:, :2]
+    assert len(drawn) == len(want)
+    for axis in range(2):
+        a, b = np.polyfit(want[:, axis], drawn[:, axis], 1)
+        residual = np.abs(a * want[:, axis] + b - drawn[:, axis]).max()
+        assert a > 0 and residual <= 1e-3 * np.ptp(drawn[:, axis]), (axis, a, residual)
+
+
+@pytest.fixture(scope="module")
+def bookmarked(model_path, tmp_path_factory):
+    """400 digits through the CLI, with the standalone export too."""
+    folder = tmp_path_factory.mktemp("bookmarked")
+    csv_path, _ = support.write_digits(str(folder), count=BOOKMARK_DIGITS)
+    out = folder / "logdir"
+    support.run_pipeline("--standalone", input=csv_path, model=model_path,
+                         embedding_layer="embedding", output=out,
+                         max_items=BOOKMARK_DIGITS, tile_size=16)
+    (marks,) = out.glob("data-*/bookmarks.json")
+    return out, json.loads(marks.read_text())
+
+
+def test_bookmarks_restore_the_offline_layout_in_tensorboard(bookmarked):
+    """The Bookmarks panel lists the written views; restoring the layout view
+    draws every point at its written coordinates; a case view selects its
+    points; nn_label_agreement (rank-weighted, > 50 values) is a gradient."""
+    out, states = bookmarked
+    with support.tensorboard(out) as get:
+        with chromium(get.base + "/#projector") as page:
+            wait_for_projector(page)
+            labels = saved_views(page)
+            layout = page.evaluate(RESTORE_JS % 0)
+            time.sleep(2)
+            shot = page.screenshot()
+            views = [page.evaluate(RESTORE_JS % i) for i in range(1, len(states))]
+            colours = page.evaluate(GRADIENT_JS)
+    save_artifact(shot, "bookmark_layout.png")
+    print("bookmarks:", labels)
+    assert labels == [s["label"] for s in states]
+    assert labels[0] == f"Layout of all {BOOKMARK_DIGITS} points (UMAP, computed offline)"
+    check_restored_layout(layout, states[0])
+    assert layout["colorBy"] == states[0]["selectedColorOptionName"] == "label"
+    for state, view in zip(states[1:], views):
+        assert view["type"] == "umap"
+        assert view["selected"] == state["selectedPoints"] and view["selected"]
+        assert view["colorBy"] == "suspect"
+    assert colours["nn_label_agreement"] == "gradient"
+    assert colours["nn_distance"] == "gradient"
+    assert colours["suspect"] != "gradient" and "cluster" in colours
+
+
+def test_bookmarks_restore_in_the_standalone_export(bookmarked):
+    out, states = bookmarked
+    (emb,) = json.loads((out / "projector_config.json").read_text())["embeddings"]
+    assert emb["bookmarksPath"].endswith("/bookmarks.json")
+    with static_server(out) as base:
+        with chromium(base + "/index.html") as page:
+            wait_for_projector(page)
+            labels = saved_views(page)
+            layout = page.evaluate(RESTORE_JS % 0)
+    assert labels == [s["label"] for s in states]
+    check_restored_layout(layout, states[0])

@@ -144,7 +144,7 @@ def test_quoted_csv_fields_and_relative_paths(tmp_path, model_path):
         for row, note in zip(rows, labels):
             w.writerow([row["path"], note, row["label"]])
     out = str(tmp_path / "out")
-    run_pipeline(neighbors=0, input=csv_path, model=model_path, output=out, max_items=10, tile_size=16)
+    run_pipeline(neighbors=0, layout="none", input=csv_path, model=model_path, output=out, max_items=10, tile_size=16)
     _, meta, _, _ = load_logdir(out)
     assert meta[0] == "path\tnote\tlabel"
     got = {line.split("\t")[0]: line.split("\t")[1] for line in meta[1:7]}

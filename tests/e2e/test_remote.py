@@ -68,7 +68,7 @@ def test_csv_images_keras_model_and_logdir_all_remote(bucket, digits, model_path
     upload(os.path.dirname(csv_path), base)  # images.csv + images/ (relative paths)
     upload(model_path, base + "/model/tiny.keras")
     out = base + "/logdir"
-    summary = run_pipeline(neighbors=0, input=base + "/images.csv", model=base + "/model/tiny.keras",
+    summary = run_pipeline(neighbors=0, layout="none", input=base + "/images.csv", model=base + "/model/tiny.keras",
                            embedding_layer="embedding", output=out, max_items=12, tile_size=16)
     assert summary["written"] == 12 and summary["failed"] == 0
     config, read = read_logdir(out)
@@ -108,7 +108,7 @@ def test_gzip_tfrecord_of_remote_paths_and_savedmodel(bucket, digits, tmp_path):
     saved = export_module(str(tmp_path / "sm"))
     upload(saved, base + "/savedmodel")
     out = base + "/logdir"
-    summary = run_pipeline(neighbors=0, input=base + "/paths.tfrecord.gz", model=base + "/savedmodel",
+    summary = run_pipeline(neighbors=0, layout="none", input=base + "/paths.tfrecord.gz", model=base + "/savedmodel",
                            embedding_output="embedding", output=out, max_items=10,
                            tile_size=16)
     assert summary["read"] == 20 and summary["written"] == 10 and summary["failed"] == 0
@@ -132,7 +132,7 @@ def test_class_folder_tree_on_an_object_store(bucket, digits, model_path):
         upload(os.path.join(src, r["path"]),
                f"{base}/digit-{r['label']}/{os.path.basename(r['path'])}")
     out = bucket + "/tree-logdir"
-    summary = run_pipeline(neighbors=0, input=base, model=model_path, output=out, max_items=24, tile_size=16)
+    summary = run_pipeline(neighbors=0, layout="none", input=base, model=model_path, output=out, max_items=24, tile_size=16)
     assert summary["read"] == 24 and summary["written"] == 24
     config, read = read_logdir(out)
     meta = read(config.embeddings[0].metadata_path).decode().split("\n")

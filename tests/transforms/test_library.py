@@ -176,7 +176,7 @@ def test_after_embed_stage_adds_a_column(model_path, tmp_path):
     with beam.Pipeline(runner="FnApiRunner") as p:
         (p | beam.Create([(r["png"], [r["label"]]) for r in rows])
            | ImagesToProjector(output=out, model=model_path, layers=["embedding"],
-                               columns=["label"], max_items=20, neighbors=0,
+                               columns=["label"], max_items=20, neighbors=0, layout="none",
                                after_embed=["Bucket" >> beam.Map(_append_norm_bucket)],
                                extra_columns=["norm"]))
     meta = _metadata(out)
@@ -323,7 +323,8 @@ def test_malformed_elements_into_images_to_projector_are_dead_letters(model_path
                   | ImagesToProjector(output=out, model=model_path, layers=["embedding"],
                                       columns=["label"], neighbors=0, max_error_fraction=0.3))
         assert set(result) == {"summary", "errors"}
-    assert len(_metadata(out)) == 26 + 1   # the good ones and the Row (one column: no header)
+    meta = _metadata(out)   # the layout's cluster column makes two: a header line
+    assert meta[0] == "label\tcluster" and len(meta) == 1 + 26 + 1   # the good ones and the Row
     errors = {ref: reason for ref, stage, reason in _errors(out)}
     assert errors.keys() >= {"id=x1", "id=x2", "id=x4"} and len(errors) == 4
     assert "no field 'label'" in errors["id=x4"]

@@ -38,7 +38,7 @@ def pixels_of(meta, csv_path, n):
 def two_output_run(saved_model, digits, tmp_path_factory):
     csv_path, _ = digits
     out = str(tmp_path_factory.mktemp("sm-run") / "logdir")
-    summary = run_pipeline(neighbors=0, input=csv_path, model=saved_model,
+    summary = run_pipeline(neighbors=0, layout="none", input=csv_path, model=saved_model,
                            embedding_output="embedding,logits",
                            output=out, max_items=30, tile_size=16)
     return out, summary

@@ -9,6 +9,7 @@ import pytest
 from beam_projector.pipeline.preflight import UsageError
 from beam_projector.transforms import neighbors as nb
 from beam_projector.transforms.records import Thumbnail
+from beam_projector.transforms import suspects as sp
 from beam_projector.transforms.suspects import SUSPECT_HEADER, suspects_tsv
 
 from support import run_pipeline
@@ -98,14 +99,33 @@ def test_the_gram_route_gives_the_scatters_neighbours(n, d):
 def test_label_and_distance_columns():
     assert nb.majority(["3", "8", "8", "3"]) == "3"          # tie: the nearest wins
     assert nb.majority(["3", "8", "8"]) == "8"
-    assert nb.agreement_bin(10, 10).startswith("4") and nb.agreement_bin(9, 10).startswith("4")
-    assert nb.agreement_bin(8, 10).startswith("3") and nb.agreement_bin(2, 10).startswith("1")
+    # buckets are integer codes (sorted by the projector, so their colours
+    # hold between runs): 0 the bulk, 1 the strongest signal
+    assert nb.agreement_bin(1.0) == nb.agreement_bin(0.9) == "0"
+    assert nb.agreement_bin(0.29) == "1" and nb.agreement_bin(0.0) == "1"
+    assert nb.agreement_bin(0.5) == "2" and nb.agreement_bin(0.7) == "3"
+    assert set(nb.AGREEMENT_BIN_NAMES) == {c for _, c in nb.AGREEMENT_BINS}
     cuts = nb.distance_cuts(np.arange(100) / 100)
     assert cuts == (0.5, 0.8, 0.95, 0.99)
-    assert nb.distance_bin(0.1, cuts) == nb.DISTANCE_BINS[0]
-    assert nb.distance_bin(0.995, cuts) == nb.DISTANCE_BINS[-1]
-    assert len(set(nb.DISTANCE_BINS)) == 5 and not any(b[0].isdigit() and b.replace(".", "").isdigit()
-                                                      for b in nb.DISTANCE_BINS)
+    assert nb.distance_bin(0.1, cuts) == "0"
+    assert nb.distance_bin(0.995, cuts) == "1"          # the most isolated 1 %: red
+    assert sorted(nb.DISTANCE_BINS) == ["0", "1", "2", "3", "4"] == sorted(nb.DISTANCE_BIN_NAMES)
+    # nearer neighbours weigh more; all or none agreeing is 1 or 0
+    assert nb.weighted_agreement([True] * 10) == 1.0 and nb.weighted_agreement([False] * 3) == 0
+    assert nb.weighted_agreement([True, False]) > 0.5 > nb.weighted_agreement([False, True])
+
+
+@pytest.mark.parametrize("value,decimals,text", [
+    (1.0, 3, "1"), (0.7, 3, "0.7"), (0.0, 4, "0"), (-0.00001, 4, "0"), (0.12345, 4, "0.1235"),
+    (0.1, 2, "0.1"), (12.5, 0, "12"), (-3.25, 1, "-3.2"), (0.0001, 4, "0.0001")])
+def test_numbers_are_written_as_javascript_writes_them(value, decimals, text):
+    """The projector colours a categorical point by its number and labels the
+    legend by the text: "1.00" was drawn in another colour than its legend
+    entry. A canonical text is String(Number(text)) (here: Python's repr
+    without a trailing ".0", which agrees with JavaScript in this range)."""
+    got = nb.js_number(value, decimals)
+    assert got == text
+    assert got == repr(float(got)).removesuffix(".0")
 
 
 def test_signatures_match_copies_and_not_other_pictures():
@@ -133,8 +153,9 @@ def test_neighbor_values_mark_the_later_copy():
     got = {}
     for row, (cand, sims) in enumerate(nb.search_block(z, np.arange(4), 3)):
         got[row] = nb.neighbor_values(row, cand, sims, index, 2, 3.0)
-    # row 1: its neighbours are row 0 (same picture) and row 3
-    assert got[1][:3] == ("0.50", nb.agreement_bin(1, 2), "a")
+    # row 1: its neighbours are row 0 (same picture, its label) and row 3:
+    # the nearer one weighs twice the other
+    assert got[1][:3] == ("0.667", "3", "a")
     assert got[1][-2:] == ("copy", "p0")
     assert got[0][-2:] == ("first", "")
     assert got[2][-2:] == ("none", "")
@@ -176,13 +197,20 @@ def test_bad_neighbor_options_fail_before_work(digits, model_path, tmp_path):
 
 
 def test_neighbors_off_writes_no_columns_and_no_suspects(digits, model_path, tmp_path):
+    """Without neighbours: no nn_* columns, no suspect column, no suspects.tsv;
+    the layout still gives its cluster column and a single bookmark."""
+    import json
+
     csv_path, _ = digits
     out = tmp_path / "off"
     run_pipeline(input=csv_path, model=model_path, embedding_layer="embedding", output=out,
                  max_items=12, neighbors=0)
     (meta,) = out.glob("data-*/metadata.tsv")
-    assert meta.read_text().splitlines()[0] == "path\tlabel"
+    assert meta.read_text().splitlines()[0] == "path\tlabel\tcluster"
     assert not (out / "suspects.tsv").exists()
+    (marks,) = out.glob("data-*/bookmarks.json")
+    assert [s["label"] for s in json.loads(marks.read_text())] == [
+        "Layout of all 12 points (UMAP, computed offline)"]
 
 
 # --- planted faults ---------------------------------------------------------
@@ -221,6 +249,42 @@ def test_planted_label_errors_rank_among_the_top_suspects(planted):
     assert recall >= 0.8, recall
 
 
+def _views(out):
+    import json
+
+    (path,) = out.glob("data-*/bookmarks.json")
+    (meta,) = out.glob("data-*/metadata.tsv")
+    with open(meta, newline="") as f:
+        paths = [r["path"] for r in csv.DictReader(f, delimiter="\t")]
+    states = json.loads(path.read_text())
+    # the projector's State list: every view carries every point's coordinates
+    assert all(len(s["projections"]) == len(paths) and s["selectedProjection"] == "umap"
+               for s in states)
+    return {s["label"].split(":")[0]: [paths[i] for i in s["selectedPoints"]] for s in states}
+
+
+@pytest.mark.slow
+def test_the_label_errors_view_selects_most_flipped_labels(planted):
+    """The "Likely label errors" bookmark selects at most 100 points, and most
+    of the 54 flipped labels are among them (the likeliest first)."""
+    faults, out = planted
+    flipped = set(faults["flipped"])
+    views = _views(out)
+    selected = views["Likely label errors"]
+    recall = len(flipped & set(selected)) / len(flipped)
+    top = len(flipped & set(selected[:len(flipped)])) / len(flipped)
+    print(f"label errors view: {len(selected)} selected, recall {recall:.3f}, "
+          f"in its first {len(flipped)}: {top:.3f}")
+    assert len(selected) <= 100
+    assert recall >= 0.8, recall
+    # the duplicates view: every planted copy and its original, copies first
+    dup = views["Duplicates"]
+    assert set(faults["copies"]) | set(faults["copies"].values()) <= set(dup)
+    assert len(dup) <= 100
+    assert "Outliers" in views
+    assert any(k.startswith("Layout of all 1,837 points") for k in views)
+
+
 def test_every_planted_duplicate_is_found_with_few_false_ones(planted):
     faults, out = planted
     rows = _suspects(out)
@@ -241,17 +305,27 @@ def test_planted_columns_are_colourable_and_consistent(planted):
     (meta,) = out.glob("data-*/metadata.tsv")
     with open(meta, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    assert tuple(rows[0].keys()) == ("path", "label") + nb.neighbor_columns(True)
+    assert tuple(rows[0].keys()) == (("path", "label") + nb.neighbor_columns(True)
+                                     + ("cluster", sp.SUSPECT_COLUMN))
     for col in ("nn_label_agreement_bin", "nn_distance_bin", "duplicate", "nn_majority_label",
-                "nn_label_agreement"):
+                "cluster", sp.SUSPECT_COLUMN):
         assert 2 <= len({r[col] for r in rows}) <= 50, col   # the projector can colour them
-    assert len({r["nn_distance"] for r in rows}) > 50          # the exact value, numeric
+    for col in ("nn_label_agreement", "nn_distance"):          # numeric gradients: > 50 values
+        assert len({r[col] for r in rows}) > 50, col
+        assert all(r[col] == nb.js_number(float(r[col]), 4) for r in rows), col
+    for col in ("nn_label_agreement_bin", "nn_distance_bin"):  # integer codes: sorted, stable
+        assert {r[col] for r in rows} <= set("01234"), col
     assert all(float(r["nn_distance"]) >= 0 for r in rows)
+    # the suspect column's exemplar rows come first, in the canonical order
+    first_seen = list(dict.fromkeys(r[sp.SUSPECT_COLUMN] for r in rows))
+    assert first_seen == list(sp.SUSPECT_KINDS)
     by_path = {r["path"]: r for r in rows}
     for copy, source in faults["copies"].items():
         a, b = by_path[copy], by_path[source]
-        later, earlier = (a, b) if rows.index(a) > rows.index(b) else (b, a)
+        assert a[sp.SUSPECT_COLUMN] == b[sp.SUSPECT_COLUMN] == sp.COPY
+        later, earlier = (a, b) if a["duplicate"] == "copy" else (b, a)
         assert later["duplicate"] == "copy" and later["duplicate_of"] == earlier["path"]
+        assert earlier["duplicate"] == "first"
     summary = __import__("json").loads((out / "run_summary.json").read_text())
     assert summary["all_counters"]["duplicate_groups"] >= len(faults["copies"])
     assert summary["all_counters"]["suspects_mislabelled"] > 0
@@ -304,7 +378,7 @@ def test_neighbor_columns_are_independent_of_the_work_split(monkeypatch):
     assert len(whole) == 300 and whole == split
     assert all(len(v) == len(nb.neighbor_columns(True)) for v in whole.values())
     # clusters are tight: most items agree with their neighbours
-    assert sum(v[0] == "1.00" for v in whole.values()) > 250
+    assert sum(v[0] == "1" for v in whole.values()) > 250
     joined = _run(nb.AddNeighborColumns(5, 0, 1, 0), items)
     from beam_projector.transforms.records import order_key
     assert len(joined) == 300

@@ -144,7 +144,7 @@ def test_per_label_quota_is_refilled_when_images_fail(digits, model_path, tmp_pa
     with open(folder / "images.csv", "w", newline="") as f:
         csv.writer(f).writerows([["path", "label"]] + table)
     out = tmp_path / "out"
-    summary = run_pipeline(neighbors=0, input=str(folder / "images.csv"), model=model_path,
+    summary = run_pipeline(neighbors=0, layout="none", input=str(folder / "images.csv"), model=model_path,
                            output=str(out), max_items=100, max_per_label=3,
                            max_error_fraction=0.4, tile_size=16)
     assert summary["written"] == 6

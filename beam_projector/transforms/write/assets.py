@@ -15,6 +15,7 @@ from beam_projector.transforms.png import png_bytes, write_png_strips
 from beam_projector.transforms.records import Embedded, ErrorRow, capped
 from beam_projector.transforms.write.config import WriterConfig
 from beam_projector.transforms.write.layout import (
+    BOOKMARKS_NAME,
     METADATA_NAME,
     SPRITE_NAME,
     tensor_file_name,
@@ -56,6 +57,7 @@ class Assets(NamedTuple):
     # (name, shape, .bytes file) for the standalone projector; empty without --standalone
     standalone_tensors: Sequence[Tuple[str, Tuple[int, int], str]] = ()
     preview_png: Optional[bytes] = None
+    bookmarks: str = ""              # the bookmarks file in the data folder ("" when none)
 
 
 # Values of a tensor formatted at once: bounds the text held while writing
@@ -112,8 +114,13 @@ def sprite_tile(thumbnails: Sequence, requested: int) -> int:
     return max(1, min(projector.tile_size_for(len(thumbnails), requested), max(sides)))
 
 
-def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
+def build_assets(kept: Sequence[Embedded], cfg: WriterConfig,
+                 layout: Optional[np.ndarray] = None,
+                 bookmarks: Optional[bytes] = None) -> Assets:
     """Everything the data folder holds, ready to stream, and its digest.
+
+    ``layout`` (N x 2 or 3 positions) places the preview's thumbnails instead
+    of a PCA; ``bookmarks`` is bookmarks.json's content.
 
     Memory beyond the kept rows: one float32 matrix per tensor and the
     metadata text; the tensor text and the sprite (one row of tiles at a
@@ -161,9 +168,15 @@ def build_assets(kept: Sequence[Embedded], cfg: WriterConfig) -> Assets:
         h.update(f"{SPRITE_NAME}\0{tile}\0{n}\0".encode())
         for th in thumbnails:
             h.update(th.digest() if th is not None else b"no picture")
-        # The preview is a view of these assets, not one TensorBoard reads: it
-        # stays out of the digest and goes to the root (see publish).
-        if cfg.settings.preview:
-            m = min(n, PREVIEW_MAX_POINTS)
-            png = png_bytes(preview.render_preview(thumbnails[:m], matrices[0][:m], tile))
-    return Assets(files, tensors, h.hexdigest()[:16], tile, standalone_tensors, png)
+    if bookmarks is not None:
+        files.append(Asset(BOOKMARKS_NAME, _bytes_writer(bookmarks)))
+        h.update(BOOKMARKS_NAME.encode() + b"\0" + hashlib.sha256(bookmarks).digest())
+    # The preview is a view of these assets, not one TensorBoard reads: it
+    # stays out of the digest and goes to the root (see publish).
+    if tile and cfg.settings.preview:
+        m = min(n, PREVIEW_MAX_POINTS)
+        coords = None if layout is None else np.asarray(layout)[:m, :2]
+        png = png_bytes(preview.render_preview(thumbnails[:m], matrices[0][:m], tile,
+                                               coords=coords))
+    return Assets(files, tensors, h.hexdigest()[:16], tile, standalone_tensors, png,
+                  BOOKMARKS_NAME if bookmarks is not None else "")

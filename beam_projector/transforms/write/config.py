@@ -12,3 +12,7 @@ class WriterConfig(NamedTuple):
     run_id: str = ""               # names this run in run_summary.json and its temp files
     options_json: str = ""         # the options used, for run_summary.json
     label_column: str = ""         # the column suspects.tsv reads labels from
+    # columns (among ``columns``) that hold a layout's coordinates, the
+    # projector's point keys (umap-0, ...): the writer moves them from the
+    # metadata into bookmarks.json
+    layout_columns: Tuple[str, ...] = ()

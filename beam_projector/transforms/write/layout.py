@@ -22,6 +22,11 @@ METADATA_NAME = "metadata.tsv"
 SPRITE_NAME = "sprite.png"
 
 
+# The projector's saved views (issue 27), inside the data folder next to the
+# tensor: TensorBoard accepts only paths inside the config's folder.
+BOOKMARKS_NAME = "bookmarks.json"
+
+
 PREVIEW_NAME = "preview.png"
 
 

@@ -165,7 +165,8 @@ def _root_payloads(assets: Assets, cfg: WriterConfig, folder: str, config: str,
             [(name, shape, posixpath.join(folder, path))
              for name, shape, path in assets.standalone_tensors],
             posixpath.join(folder, METADATA_NAME), _sprite_path(folder, assets),
-            assets.tile).encode("utf-8")
+            assets.tile,
+        posixpath.join(folder, assets.bookmarks) if assets.bookmarks else None).encode("utf-8")
     return [(name, out[name]) for name in ROOT_FILES if name in out]
 
 
@@ -208,7 +209,8 @@ def publish(assets: Assets, cfg: WriterConfig, reported_errors: Sequence[ErrorRo
     folder = DATA_PREFIX + assets.digest
     config = projector.projector_config_text(
         [(name, shape, posixpath.join(folder, path)) for name, shape, path in assets.tensors],
-        posixpath.join(folder, METADATA_NAME), _sprite_path(folder, assets), assets.tile)
+        posixpath.join(folder, METADATA_NAME), _sprite_path(folder, assets), assets.tile,
+        posixpath.join(folder, assets.bookmarks) if assets.bookmarks else None)
     payloads = _root_payloads(assets, cfg, folder, config, reported_errors, suspects)
     names = [n for n, _ in payloads]
     tag = cfg.run_id if TEMP_TAG.match(cfg.run_id or "") else uuid.uuid4().hex

@@ -17,13 +17,13 @@ from beam_projector.transforms.records import (
     order_key,
 )
 from beam_projector.transforms.staging import LocalCopies, delete_staging, staging_dir
-from beam_projector.transforms.suspects import suspects_tsv
 from beam_projector.transforms.timing import StageTimer
 from beam_projector.transforms.worker import release_free_memory
 from beam_projector.transforms.write.assets import build_assets
 from beam_projector.transforms.write.config import WriterConfig
 from beam_projector.transforms.write.layout import ERRORS_NAME
 from beam_projector.transforms.write.publish import publish, publish_errors_only
+from beam_projector.transforms.write.views import written_rows
 
 # Errors found while reading the input list (a CSV row without a path) are
 # reported, but are not sampled items, so they do not count toward
@@ -121,14 +121,19 @@ class _WriteLogdirFn(beam.DoFn):
         with LocalCopies([e.thumbnail for e in kept]) as thumbnails:
             kept = [e._replace(thumbnail=t) for e, t in zip(kept, thumbnails)]
             del thumbnails
+            # Needs every row at once: the layout's coordinates leave the
+            # metadata for bookmarks.json, suspects.tsv is ranked, and the
+            # suspect column is added with its exemplar rows first, so the
+            # rows are written in `written.kept` order (write/views.py).
             with StageTimer("writer_assets", process_cpu=True).measure():
-                assets = build_assets(kept, cfg)
-                suspects, suspect_counts = suspects_tsv(
-                    cfg.columns, [e.item.metadata for e in kept], cfg.label_column)
+                written = written_rows(kept, cfg)
+                kept, suspect_counts = written.kept, written.counts
+                assets = build_assets(kept, cfg._replace(columns=written.columns),
+                                      written.coordinates, written.bookmarks)
             release_free_memory()   # the preview's canvas and the matrix building's temporaries
             # the tensor text and the sprite's PNG are made as they are written
             with StageTimer("writer_publish", process_cpu=True).measure():
-                publish(assets, cfg, reported, suspects)
+                publish(assets, cfg, reported, written.suspects)
         delete_staging(staged)
         for name, value in suspect_counts.items():
             beam.metrics.Metrics.counter(METRICS_NAMESPACE, name).inc(value)

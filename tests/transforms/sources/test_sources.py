@@ -374,7 +374,7 @@ def test_folder_labels_from_sub_folders_and_skips_non_images(tmp_path, digits):
 def test_tfrecord_bytes_run_is_served_by_live_tensorboard(tfrecord_bytes, model_path, tmp_path,
                                                           digits):
     out = str(tmp_path / "logdir")
-    summary = run_pipeline(neighbors=0, input=tfrecord_bytes, model=model_path, embedding_layer="embedding",
+    summary = run_pipeline(neighbors=0, layout="none", input=tfrecord_bytes, model=model_path, embedding_layer="embedding",
                            output=out, max_items=40, tile_size=16)
     assert summary["read"] == 60 and summary["written"] == 40 and summary["failed"] == 0
     meta, sprite = check_live_projector(out, n=40, dims={"embedding": 8}, tile=16)
@@ -395,7 +395,7 @@ def test_gzip_tfrecord_of_paths_with_chosen_metadata(digits, model_path, tmp_pat
     path = write_records(os.path.join(os.path.dirname(csv_path), "paths.tfrecord.gz"),
                          digit_records(digits, as_paths=True), gzip=True)
     out = str(tmp_path / "o")
-    summary = run_pipeline(neighbors=0, input=path, model=model_path, metadata_features="label",
+    summary = run_pipeline(neighbors=0, layout="none", input=path, model=model_path, metadata_features="label",
                            output=out, max_items=15, tile_size=16)
     assert summary["written"] == 15
     meta = open(next(os.path.join(out, d, "metadata.tsv") for d in os.listdir(out)
@@ -413,7 +413,7 @@ def test_class_folder_run_with_stratified_sample(tmp_path, digits, model_path):
     assert summary["read"] == 40 and summary["written"] == 20
     meta = open(next(os.path.join(out, d, "metadata.tsv") for d in os.listdir(out)
                      if d.startswith("data-"))).read().split("\n")
-    assert meta[0] == "\t".join(("path", "label") + neighbor_columns(True))
+    assert meta[0] == "\t".join(("path", "label") + neighbor_columns(True) + ("cluster", "suspect"))
     labels = [line.split("\t")[1] for line in meta[1:21]]
     assert sorted(labels) == sorted([f"class_{i}" for i in range(10)] * 2)
 

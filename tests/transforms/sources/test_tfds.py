@@ -94,7 +94,7 @@ def test_nested_features_json_flattens_like_tfds():
 def test_pipeline_writes_class_names_and_reports_the_tfds_split(tfds_folder, model_path,
                                                                 tmp_path):
     out = str(tmp_path / "out")
-    summary = run_pipeline(neighbors=0, input=tfds_folder + "/tiny_shapes-test.tfrecord-*", model=model_path,
+    summary = run_pipeline(neighbors=0, layout="none", input=tfds_folder + "/tiny_shapes-test.tfrecord-*", model=model_path,
                            embedding_layer="embedding", output=out, max_items=10, tile_size=16)
     assert summary["written"] == 4 and summary["failed"] == 0
     assert summary["tfds"] == {"name": "tiny_shapes", "version": "1.2.0", "split": "test"}
