@@ -41,6 +41,8 @@ STAGES = [
     ("model", "ms_model_cpu", "ms_model_wall"),
     ("staging thumbnails", "ms_staging_cpu", "ms_staging_wall"),
     ("neighbour columns", "ms_neighbors_cpu", "ms_neighbors_wall"),
+    ("layout: fit on the sample", "ms_layout_fit_cpu", "ms_layout_fit_wall"),
+    ("layout: place the rows", "ms_layout_place_cpu", "ms_layout_place_wall"),
     ("writer: assets", "ms_writer_assets_cpu", "ms_writer_assets_wall"),
     ("writer: publish", "ms_writer_publish_cpu", "ms_writer_publish_wall"),
 ]

@@ -321,3 +321,22 @@ def tiny_assets(tmp_path, n=4):
     cfg = WriterConfig(output=str(tmp_path / "out"), columns=("path", "label"),
                        tensor_names=("emb",), settings=Settings(tile_size=8, max_items=n))
     return build_assets(items, cfg), cfg
+
+
+_COLLECTED = []   # the in-process runner calls _collect in this process
+
+
+def _collect(actual):
+    _COLLECTED.extend(actual)
+
+
+def run_collected(transform, items):
+    """The elements ``transform`` makes of ``items`` on the in-process
+    runner, in the order the runner gave them."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that
+
+    _COLLECTED.clear()
+    with beam.Pipeline("FnApiRunner") as p:
+        assert_that(p | beam.Create(items) | transform, _collect)
+    return list(_COLLECTED)

@@ -181,14 +181,19 @@ def neighbor_plan(po, tensor_names, columns) -> Optional[NeighborPlan]:
         return None
     if not po.duplicate_threshold >= 0:
         raise UsageError(f"--duplicate_threshold must be 0 or more, got {po.duplicate_threshold}")
+    tensor_index, label = _tensor_and_label(po, tensor_names, columns)
+    return NeighborPlan(po.neighbors, tensor_index, columns.index(label) if label else None,
+                        label, po.duplicate_threshold)
+
+
+def _tensor_and_label(po, tensor_names, columns) -> Tuple[int, str]:
+    """The --neighbors_tensor's index (default: the first embedding) and the
+    label column when the input has it (else ""). Raises UsageError."""
     name = po.neighbors_tensor or tensor_names[0]
     if name not in tensor_names:
         raise UsageError(f"--neighbors_tensor {name!r} is not one of the model's embeddings: "
                          f"{', '.join(tensor_names)}")
-    label = po.label_column if po.label_column in columns[1:] else ""
-    return NeighborPlan(po.neighbors, tensor_names.index(name),
-                        columns.index(label) if label else None, label,
-                        po.duplicate_threshold)
+    return tensor_names.index(name), po.label_column if po.label_column in columns[1:] else ""
 
 
 def layout_plan(po, tensor_names, columns) -> Optional[LayoutPlan]:
@@ -200,11 +205,6 @@ def layout_plan(po, tensor_names, columns) -> Optional[LayoutPlan]:
         return None
     if po.layout_sample is None or po.layout_sample < 1:
         raise UsageError(f"--layout_sample must be at least 1, got {po.layout_sample}")
-    name = po.neighbors_tensor or tensor_names[0]
-    if name not in tensor_names:
-        raise UsageError(f"--neighbors_tensor {name!r} is not one of the model's embeddings: "
-                         f"{', '.join(tensor_names)}")
-    label = po.label_column if po.label_column in columns[1:] else ""
-    return LayoutPlan(po.layout, tensor_names.index(name),
-                      columns.index(label) if label else None, po.layout_dims,
-                      po.layout_sample, po.seed)
+    tensor_index, label = _tensor_and_label(po, tensor_names, columns)
+    return LayoutPlan(po.layout, tensor_index, columns.index(label) if label else None,
+                      po.layout_dims, po.layout_sample, po.seed)

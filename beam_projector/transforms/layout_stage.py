@@ -21,6 +21,7 @@ import numpy as np
 from beam_projector.transforms import layout
 from beam_projector.transforms.neighbors import pack_vector, unpack_vector
 from beam_projector.transforms.records import order_key
+from beam_projector.transforms.timing import StageTimer
 
 CLUSTER_COLUMN = "cluster"
 # Rows placed per call: enough to keep the BLAS products busy, small enough
@@ -43,6 +44,19 @@ def _fit(sample, dims, seed, method):
                              labels, dims=dims, seed=seed, method=method)
 
 
+class _FitFn(beam.DoFn):
+    """``_fit`` under its stage timer (numba's and BLAS's threads: process CPU)."""
+
+    def __init__(self, dims, seed, method):
+        self._args = (dims, seed, method)
+        self._timer = StageTimer("layout_fit", process_cpu=True)
+
+    def process(self, sample):
+        with self._timer.measure():
+            model = _fit(sample, *self._args)
+        yield model
+
+
 def _slim(e, t):
     """What a row needs while it waits for the model: its key and its vector,
     packed as the neighbour stage packs it (float16 behind a scale above 128
@@ -51,13 +65,18 @@ def _slim(e, t):
 
 
 class _PlaceFn(beam.DoFn):
+    def __init__(self):
+        self._timer = StageTimer("layout_place", process_cpu=True)
+
     def setup(self):
         self._counter = beam.metrics.Metrics.counter("projector", "layout_placed")
 
     def process(self, batch, model):
         keys = [k for k, _ in batch]
-        vectors = np.stack([unpack_vector(v) for _, v in batch])
-        yield from layout.layout_values(model, keys, vectors)
+        with self._timer.measure():
+            vectors = np.stack([unpack_vector(v) for _, v in batch])
+            values = list(layout.layout_values(model, keys, vectors))
+        yield from values
         self._counter.inc(len(batch))
 
 
@@ -93,7 +112,7 @@ class LayoutColumns(beam.PTransform):
                  | "SampleKeyed" >> beam.Map(_sample_entry, t, self._label)
                  | "FirstInOrder" >> beam.combiners.Top.Of(self._sample, key=lambda r: r[0],
                                                            reverse=True)
-                 | "Fit" >> beam.Map(_fit, self._dims, self._seed, self._method))
+                 | "Fit" >> beam.ParDo(_FitFn(self._dims, self._seed, self._method)))
         return (embedded
                 | "Slim" >> beam.Map(_slim, t)
                 | "Batch" >> beam.BatchElements(min_batch_size=MIN_BATCH,

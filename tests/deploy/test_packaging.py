@@ -120,8 +120,8 @@ def multiprocess_run(digits, model_path, tmp_path_factory):
     csv_path, _ = digits
     out = str(tmp_path_factory.mktemp("mp") / "logdir")
     summary = run_pipeline("--config", os.path.join(REPO, "configs", "local_multiprocess.yaml"),
-                           neighbors=0, layout="none", input=csv_path, model=model_path, embedding_layer="embedding",
-                           output=out, max_items=40, tile_size=16)
+                           neighbors=0, input=csv_path, model=model_path,
+                           embedding_layer="embedding", output=out, max_items=40, tile_size=16)
     return out, summary
 
 
@@ -135,7 +135,7 @@ def test_multiprocess_run_end_to_end(multiprocess_run):
                                ProjectorConfig())
     assert [list(e.tensor_shape) for e in config.embeddings] == [[40, 8]]
     meta, _ = check_live_projector(out, 40, {"embedding": 8}, 16)
-    assert meta.split("\n")[0] == "path\tlabel" and len(meta.split("\n")) == 42
+    assert meta.split("\n")[0] == "path\tlabel\tcluster" and len(meta.split("\n")) == 42
 
 
 def test_run_summary_beside_the_outputs(multiprocess_run, digits):
@@ -156,8 +156,10 @@ def test_run_summary_beside_the_outputs(multiprocess_run, digits):
     assert data["wall_seconds"] >= data["pipeline_seconds"] > 0
     # the stage timers, summed over the worker processes, and the launcher's
     stages = {k: v for k, v in data["all_counters"].items() if k.startswith("ms_")}
-    for name in ("decode", "model", "writer_assets", "writer_publish"):
+    for name in ("decode", "model", "writer_assets", "writer_publish", "layout_fit"):
         assert stages[f"ms_{name}_wall"] > 0 and stages[f"ms_{name}_cpu"] >= 0, stages
+    # every row is in the layout's fitted sample here: placing them is near 0 ms
+    assert stages["ms_layout_place_wall"] >= 0 and stages["ms_layout_fit_cpu"] > 0
     assert stages["ms_decode_cpu"] > 0 and stages["ms_thumbnail_cpu"] <= stages["ms_decode_cpu"]
     # run() in this process; the command adds its imports and TensorFlow's
     assert set(data["launcher_seconds"]) == {"checks_and_model", "graph", "job", "after_job"}

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from beam_projector.transforms import projector
 from beam_projector.transforms.images import decode_image, read_bytes
+from beam_projector.transforms.layout_stage import CLUSTER_COLUMN
 from beam_projector.transforms.neighbors import neighbor_columns
+from beam_projector.transforms.suspects import SUSPECT_COLUMN
 from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
@@ -23,6 +25,11 @@ def load_logdir(out):
     tensor = load_tensor(path(emb.tensor_path), emb.tensor_shape)
     sprite = Image.open(path(emb.sprite.image_path))
     return config, meta, tensor, sprite
+
+
+# the default columns: the input's, the neighbours', the layout's cluster,
+# then the suspect column the writer ranks
+HEADER = ("path", "label") + neighbor_columns(True) + (CLUSTER_COLUMN, SUSPECT_COLUMN)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +61,7 @@ def test_logdir_files_and_config(digits_run):
         assert os.path.isfile(os.path.join(out, rel))
     # the thumbnails' staging folder (transforms/staging.py) is gone
     assert not [n for n in os.listdir(out) if n.startswith(".beam-projector-staging-")]
-    assert meta[0] == "\t".join(("path", "label") + neighbor_columns(True))
+    assert meta[0] == "\t".join(HEADER)
     assert meta[-1] == "" and len(meta) == 52  # header + 50 rows + final newline
     assert sprite.size == (8 * 24, 8 * 24) and sprite.mode == "RGBA"
     # the default: the tutorial's TSV (no header, 8 tab-separated floats a row)
@@ -129,7 +136,7 @@ def test_live_tensorboard_serves_the_projector(digits_run):
     out, _ = digits_run
     meta, sprite = check_live_projector(out, n=50, dims={"embedding": 8}, tile=24)
     lines = meta.rstrip("\n").split("\n")
-    assert lines[0] == "\t".join(("path", "label") + neighbor_columns(True)) and len(lines) == 51
+    assert lines[0] == "\t".join(HEADER) and len(lines) == 51
 
 
 def test_quoted_csv_fields_and_relative_paths(tmp_path, model_path):

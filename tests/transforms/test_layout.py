@@ -194,21 +194,10 @@ def _items(x, labels, seed=0):
             for i in range(len(x))]
 
 
-_COLLECTED = []
-
-
-def _collect(actual):
-    _COLLECTED.extend(actual)
-
 
 def _run(transform, items):
-    import apache_beam as beam
-    from apache_beam.testing.util import assert_that
-
-    _COLLECTED.clear()
-    with beam.Pipeline("FnApiRunner") as p:
-        assert_that(p | beam.Create(items) | transform, _collect)
-    return dict(_COLLECTED)
+    from support import run_collected
+    return dict(run_collected(transform, items))
 
 
 def test_layout_columns_do_not_depend_on_batches_and_fit_the_first_in_order(pixels,

@@ -349,21 +349,10 @@ def _items(n, seed=0):
     return out
 
 
-_COLLECTED = []   # the in-process runner calls _collect in this process
-
-
-def _collect(actual):
-    _COLLECTED.extend(actual)
-
 
 def _run(transform, items):
-    import apache_beam as beam
-    from apache_beam.testing.util import assert_that
-
-    _COLLECTED.clear()
-    with beam.Pipeline("FnApiRunner") as p:
-        assert_that(p | beam.Create(items) | transform, _collect)
-    return list(_COLLECTED)
+    from support import run_collected
+    return list(run_collected(transform, items))
 
 
 def test_neighbor_columns_are_independent_of_the_work_split(monkeypatch):
