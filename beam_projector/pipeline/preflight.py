@@ -15,12 +15,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_projector.pipeline.options import UsageError
 from beam_projector.transforms.checks import check_model, check_output
+from beam_projector.transforms.layout_stage import CLUSTER_COLUMN
 from beam_projector.transforms.model import ModelSpec
 from beam_projector.transforms.neighbors import neighbor_columns
 from beam_projector.transforms.projector import column_clash
 from beam_projector.transforms.settings import Settings
 from beam_projector.transforms.sources.detect import describe_input
 from beam_projector.transforms.sources.spec import SourceError, SourceSpec
+from beam_projector.transforms.suspects import SUSPECT_COLUMN
 from beam_projector.transforms.write.layout import (
     DATA_PREFIX,
     PREVIEW_NAME,
@@ -117,12 +119,16 @@ def _check_not_inside_input(output: str, source) -> None:
 def _check_column_names(po, columns) -> None:
     """Refuse, before any work, metadata columns of one name: the input's
     own duplicates, or an input column named like one --neighbors adds
-    (nn_distance, duplicate, ...). The projector keys a row's values by
-    column name, so one of the two would silently vanish."""
-    added = ()
+    (nn_distance, duplicate, suspect, ...) or --layout adds (cluster). The
+    projector keys a row's values by column name, so one of the two would
+    silently vanish."""
+    by_neighbors = by_layout = ()
     if po.neighbors and po.neighbors > 0:
-        added = neighbor_columns(po.label_column in columns[1:])
-    clash = column_clash(columns, added, "--neighbors", "--neighbors 0")
+        by_neighbors = neighbor_columns(po.label_column in columns[1:]) + (SUSPECT_COLUMN,)
+    if po.layout != "none":
+        by_layout = (CLUSTER_COLUMN,)
+    clash = (column_clash(columns, by_neighbors, "--neighbors", "--neighbors 0")
+             or column_clash(columns, by_layout, "--layout", "--layout none"))
     if clash:
         raise UsageError(clash)
 

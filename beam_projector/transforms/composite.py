@@ -301,19 +301,20 @@ class ImagesToProjector(beam.PTransform):
     def _check_columns(self, columns) -> None:
         """Every metadata column name unique, as metadata.tsv writes it: the
         projector keys values by name, so a user's column named like one the
-        neighbour stage adds (``nn_distance``) would silently vanish."""
+        neighbour or layout stage adds (``nn_distance``, ``cluster``) would
+        silently vanish."""
         own = tuple(columns) + self._extra_columns
-        added = ()
+        by_neighbors = by_layout = ()
         if self._neighbors[0]:
             has_label = self.settings.label_column in tuple(columns)[1:]
-            added = neighbor_columns(has_label) + (SUSPECT_COLUMN,)
-        layout = self._layout_stage(columns)
-        if layout is not None:
-            added += (CLUSTER_COLUMN,)
+            by_neighbors = neighbor_columns(has_label) + (SUSPECT_COLUMN,)
+        if self._layout_stage(columns) is not None:
+            by_layout = (CLUSTER_COLUMN,)
         staged = sum((tuple(getattr(stage, "transform", stage).columns)
                       for stage in self._column_stages), ())
-        clash = (column_clash(own, added, "neighbors", "neighbors=0")
-                 or column_clash(own + added + staged))
+        clash = (column_clash(own, by_neighbors, "neighbors", "neighbors=0")
+                 or column_clash(own, by_layout, "layout", 'layout="none"')
+                 or column_clash(own + by_neighbors + by_layout + staged))
         if clash:
             raise ValueError(clash)
 

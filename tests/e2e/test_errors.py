@@ -344,8 +344,12 @@ def csv_with_header(path, digits, header, extra="mine"):
     (["path", "label", "nn_distance"], ["'nn_distance' would be written twice",
                                         "--neighbors adds a column of that name",
                                         "--neighbors 0"]),
+    (["path", "label", "suspect"], ["'suspect' would be written twice",
+                                    "--neighbors adds a column of that name"]),
+    (["path", "label", "cluster"], ["'cluster' would be written twice",
+                                    "--layout adds a column of that name", "--layout none"]),
     (["path", "label", "label"], ["columns of the same name ('label' is column 2 and 3)"])],
-    ids=["own-nn_distance", "label-twice"])
+    ids=["own-nn_distance", "own-suspect", "own-cluster", "label-twice"])
 def test_column_names_the_projector_would_merge_are_refused_before_any_work(
         digits, model_path, tmp_path, header, fragments):
     """The projector keys a row's values by column name: metadata.tsv with two

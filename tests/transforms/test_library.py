@@ -125,6 +125,10 @@ def test_a_column_named_like_a_neighbour_column_is_a_value_error(model_path, tmp
         ImagesToProjector(output=out, model=model_path, columns=["path", "label", "label"],
                           neighbors=0)
     ImagesToProjector(output=out, model=model_path, columns=["path", "nn_distance"], neighbors=0)
+    with pytest.raises(ValueError, match="'cluster' would be written twice: layout adds a "
+                                         "column of that name.*layout=\"none\""):
+        ImagesToProjector(output=out, model=model_path, columns=["path", "cluster"])
+    ImagesToProjector(output=out, model=model_path, columns=["path", "cluster"], layout="none")
     csv_path = tmp_path / "images.csv"
     csv_path.write_text("path,label,nn_label_agreement\nx.png,1,mine\n")
     p = beam.Pipeline(runner="FnApiRunner")
