@@ -25,6 +25,7 @@ and what compressing the thumbnails would save.
     python bench/memory_bench.py --cases mnv2-1500=mobilenet_v2:1500 --runs 1   # smoke
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -60,6 +61,9 @@ def parse_args(argv=None):
                     help="checkout of the code to measure (default: this repository)")
     ap.add_argument("--baseline", default=None,
                     help="checkout of the code to compare with (cases marked :old)")
+    ap.add_argument("--new_args", default="",
+                    help="extra CLI flags for the measured code only, e.g. '--layout none' to "
+                    "compare like with like against a baseline that predates a stage")
     ap.add_argument("--model_only", action="store_true",
                     help="also time the model alone on 1,500 photos (ratio to the compute limit)")
     ap.add_argument("--live_check", default="cnn-100000",
@@ -118,18 +122,24 @@ def photos_for(workdir, n):
     return small_photo_set(workdir, n) if n >= SMALL_PHOTOS_FROM else run_bench.photo_set(workdir, n)
 
 
-def run_case(code_dir, csv_path, model, layer, n, outdir, timeout):
+def run_case(code_dir, csv_path, model, layer, n, outdir, timeout, extra=()):
     shutil.rmtree(outdir, ignore_errors=True)
     cmd = [sys.executable, "-m", common.cli_module(code_dir), "--input", csv_path, "--model", model,
-           "--embedding_layer", layer, "--output", outdir, "--max_items", str(n)]
+           "--embedding_layer", layer, "--output", outdir, "--max_items", str(n), *extra]
     env = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": code_dir}
     r = common.check(common.run_child(cmd, env=env, timeout=timeout, cwd=code_dir),
                      f"pipeline N={n} in {code_dir}")
     m = SUMMARY.search(r["stdout"] + r["stderr"])
     written, seconds = int(m.group(1)), float(m.group(2))
-    return {"written": written, "reported_s": seconds, "images_per_s": written / seconds,
-            "wall_s": r["wall_s"], "maxrss_mib": r["maxrss_mib"]}
+    result = {"written": written, "reported_s": seconds, "images_per_s": written / seconds,
+              "wall_s": r["wall_s"], "maxrss_mib": r["maxrss_mib"]}
+    try:   # what the fixed batch shape padded (issue 24); older code does not count it
+        with open(os.path.join(outdir, "run_summary.json")) as f:
+            result["padding_rows"] = json.load(f)["all_counters"].get("padding_rows")
+    except (OSError, ValueError, KeyError):
+        pass
+    return result
 
 
 def live_check(outdir, n, dims):
@@ -226,11 +236,13 @@ def main(argv=None):
                 if name == "old" and not c["old"]:
                     continue
                 out = os.path.join(args.workdir, "memory-out", f"{c['name']}-{name}")
-                r = run_case(code_dir, csv_path, model, layer, c["n"], out, args.timeout)
+                extra = args.new_args.split() if name == "new" else ()
+                r = run_case(code_dir, csv_path, model, layer, c["n"], out, args.timeout, extra)
                 runs[c["name"]][name].append(r)
                 print(f"run {rep + 1} {c['name']} [{name}]: {r['maxrss_mib']:.0f} MiB peak, "
                       f"{r['images_per_s']:.1f} img/s ({r['reported_s']:.1f}s pipeline, "
-                      f"{r['wall_s']:.1f}s wall)", flush=True)
+                      f"{r['wall_s']:.1f}s wall), padding rows {r.get('padding_rows')}",
+                      flush=True)
                 if name == "new" and c["name"] == args.live_check and rep == 0:
                     dims = 64 if c["model"] == "small_cnn" else 1280
                     r["live_check_s"] = live_check(out, r["written"], {layer: dims})
