@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     logdir = os.path.join(work, "logdir")
     from beam_projector.pipeline.cli import main as run_main
     rc = run_main(["--input", csv_path, "--model", model_path, "--embedding_layer", "embedding",
-                   "--output", logdir, "--max_items", str(count)] + extra)
+                   "--output", logdir, "--max_items", str(count), "--layout", "umap"] + extra)
     if rc == 0:
         print(f"demo: done in {time.time() - t0:.1f}s. Open it with:\n"
               f"  {os.path.dirname(sys.executable)}/tensorboard --logdir {logdir} "

@@ -28,7 +28,7 @@ from beam_projector.transforms.elements import (
 )
 from beam_projector.transforms.first_n import EmbedFirstN
 from beam_projector.transforms.inference import DescribeModel
-from beam_projector.transforms.layout import DEFAULT_METHOD, DEFAULT_SAMPLE, METHODS
+from beam_projector.transforms.layout import DEFAULT_LAYOUT, DEFAULT_SAMPLE, METHODS
 from beam_projector.transforms.layout_stage import CLUSTER_COLUMN, LayoutColumns
 from beam_projector.transforms.model import ModelInfo, ModelSpec, with_batch_size
 from beam_projector.transforms.neighbors import (
@@ -211,7 +211,7 @@ class ImagesToProjector(beam.PTransform):
                  max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, *,
                  neighbors: int = 10, neighbors_tensor: Union[str, int, None] = None,
                  duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
-                 layout: str = DEFAULT_METHOD, layout_dims: int = 2,
+                 layout: str = DEFAULT_LAYOUT, layout_dims: int = 2,
                  layout_sample: int = DEFAULT_SAMPLE,
                  image_field: str = "image", id_fields: Sequence[str] = ("id",),
                  errors: Sequence = (), after_embed: Sequence[beam.PTransform] = (),

@@ -49,6 +49,11 @@ import numpy as np
 
 METHODS = ("none", "umap")
 DEFAULT_METHOD = "umap"
+# The CLI's and ImagesToProjector's default: no layout. Measured at N = 6,000
+# MobileNetV2 (BENCHMARKS.md, "Offline layout"), the layout adds about 7 s
+# and 160 MiB of peak RSS, which would break the 1.5 GiB bound a default run
+# keeps there; --layout umap (the demo's choice) opts in.
+DEFAULT_LAYOUT = "none"
 # Rows the layout is fitted on: the first S in output order (a uniform
 # sample). 10,000 matched a fit on all 100,000 (trustworthiness 0.9903 vs
 # 0.9911); 20,000 gained 0.0007 for twice the placement cost.
@@ -56,6 +61,9 @@ DEFAULT_SAMPLE = 10_000
 PCA_DIMS = 50
 N_NEIGHBORS = 15
 MIN_DIST = 0.1
+# UMAP's own default above 10,000 rows; below, it takes 500, which cost
+# 3 s more at 6,000 rows for a layout the quality tests cannot tell apart
+FIT_EPOCHS = 200
 # Rows per BLAS call while placing and projecting: always this shape
 # (zero-padded), so the arithmetic never depends on a caller's batch.
 BLOCK = 512
@@ -192,13 +200,35 @@ def fit_umap(z: np.ndarray, dims: int = 2, seed: int = 0) -> Tuple[np.ndarray, f
     if n < MIN_UMAP_ROWS:
         return principal_axes(z, dims), 1.577, 0.895   # UMAP's a, b at min_dist 0.1
     umap = import_umap()
-    reducer = umap.UMAP(n_neighbors=min(N_NEIGHBORS, n - 1), min_dist=MIN_DIST,
+    k = min(N_NEIGHBORS, n - 1)
+    reducer = umap.UMAP(n_neighbors=k, min_dist=MIN_DIST, n_epochs=FIT_EPOCHS,
                         n_components=dims, metric="euclidean", init="spectral",
-                        random_state=seed, low_memory=True, verbose=False)
+                        random_state=seed, low_memory=True, verbose=False,
+                        precomputed_knn=(*sample_knn(z, k), None))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # "n_jobs overridden by random_state", and the like
         y = reducer.fit_transform(np.ascontiguousarray(z, dtype=np.float32))
     return np.asarray(y, dtype=np.float64), float(reducer._a), float(reducer._b)
+
+
+def sample_knn(z: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(indices, distances) of each sample row's k nearest sample rows, itself
+    first, as UMAP's own search returns them, but exact (``nearest``).
+
+    UMAP searches with pynndescent above 4,096 rows, whose numba functions
+    are compiled in every process (umap's caching does not reach them):
+    about 10 s of a 16 s fit at 6,000 rows, against well under a second
+    for this blocked product on 50 columns."""
+    zz = np.asarray(z, dtype=np.float64)
+    idx, dist = nearest(zz, _rowsum(zz * zz), zz, k)
+    rows = np.arange(len(zz))
+    for i in np.nonzero(idx[:, 0] != rows)[0]:   # a duplicate row tied ahead of itself
+        others = [j for j in idx[i] if j != i][:k - 1]
+        idx[i] = [i] + others
+        dist[i] = [0.0] + [float(np.sqrt(max(0.0, np.sum((zz[i] - zz[j]) ** 2))))
+                           for j in others]
+    dist[:, 0] = 0.0
+    return idx.astype(np.int32), dist.astype(np.float32)
 
 
 def principal_axes(z: np.ndarray, dims: int) -> np.ndarray:

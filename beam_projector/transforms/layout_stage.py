@@ -6,19 +6,22 @@ The Beam shape (the pure steps are in ``layout``):
     embedded | pack the vector | batches | place (model as a side input)
              -> (order key, (cluster, umap-0, umap-1[, umap-2]))
 
-The fit runs once, on one worker, on a deterministic sample (the first S
-items in output order, as the neighbour stage's PCA sample); the model (a
-few MB) is broadcast, and the other rows are placed in parallel, in any
+The fit runs once, on one worker (in a child process: ``layout_child``), on
+a deterministic sample (the first S items in output order, as the neighbour
+stage's PCA sample); the model (a few MB) is broadcast, and the other rows are placed in parallel, in any
 batches: a row's position does not depend on its companions. The writer
 joins the values by key like any column stage's: ``cluster`` goes to
 metadata.tsv, the coordinates (``layout_columns``) to the bookmarks.
 """
+import resource
+import time
 from typing import Optional
 
 import apache_beam as beam
 import numpy as np
 
 from beam_projector.transforms import layout
+from beam_projector.transforms.layout_child import fit_in_child
 from beam_projector.transforms.neighbors import pack_vector, unpack_vector
 from beam_projector.transforms.records import order_key
 from beam_projector.transforms.timing import StageTimer
@@ -35,26 +38,24 @@ def _sample_entry(e, t, label_index):
     return order_key(e.item), np.array(e.vectors[t], dtype=np.float32, copy=True), label
 
 
-def _fit(sample, dims, seed, method):
-    sample = sorted(sample, key=lambda r: r[0])
-    if not sample:
-        return None
-    labels = [r[2] for r in sample] if sample[0][2] is not None else None
-    return layout.fit_layout([r[0] for r in sample], np.stack([r[1] for r in sample]),
-                             labels, dims=dims, seed=seed, method=method)
-
-
 class _FitFn(beam.DoFn):
-    """``_fit`` under its stage timer (numba's and BLAS's threads: process CPU)."""
+    """The fit, in a child process (``layout_child``), under its stage timer:
+    the child's CPU (this process only waits) and the wall time."""
 
     def __init__(self, dims, seed, method):
         self._args = (dims, seed, method)
-        self._timer = StageTimer("layout_fit", process_cpu=True)
+        self._timer = StageTimer("layout_fit")
 
     def process(self, sample):
-        with self._timer.measure():
-            model = _fit(sample, *self._args)
+        before, started = _children_cpu(), time.perf_counter()
+        model = fit_in_child(sample, *self._args)
+        self._timer.add(_children_cpu() - before, time.perf_counter() - started)
         yield model
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _slim(e, t):

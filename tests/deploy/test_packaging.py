@@ -120,7 +120,7 @@ def multiprocess_run(digits, model_path, tmp_path_factory):
     csv_path, _ = digits
     out = str(tmp_path_factory.mktemp("mp") / "logdir")
     summary = run_pipeline("--config", os.path.join(REPO, "configs", "local_multiprocess.yaml"),
-                           neighbors=0, input=csv_path, model=model_path,
+                           neighbors=0, layout="umap", input=csv_path, model=model_path,
                            embedding_layer="embedding", output=out, max_items=40, tile_size=16)
     return out, summary
 

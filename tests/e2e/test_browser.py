@@ -346,7 +346,7 @@ def test_neighbor_columns_are_offered_in_color_by(digits, model_path, tmp_path):
     csv_path, rows = digits
     out = tmp_path / "logdir"
     support.run_pipeline(input=csv_path, model=model_path, embedding_layer="embedding",
-                         output=out, max_items=len(rows), tile_size=16)
+                         output=out, max_items=len(rows), tile_size=16, layout="umap")
     with support.tensorboard(out) as get:
         with chromium(get.base + "/#projector") as page:
             wait_for_projector(page)
@@ -436,7 +436,7 @@ def bookmarked(model_path, tmp_path_factory):
     out = folder / "logdir"
     support.run_pipeline("--standalone", input=csv_path, model=model_path,
                          embedding_layer="embedding", output=out,
-                         max_items=BOOKMARK_DIGITS, tile_size=16)
+                         max_items=BOOKMARK_DIGITS, tile_size=16, layout="umap")
     (marks,) = out.glob("data-*/bookmarks.json")
     return out, json.loads(marks.read_text())
 

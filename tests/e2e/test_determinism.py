@@ -89,7 +89,7 @@ def test_in_memory_and_multi_process_runs_are_byte_identical(setup, kind):
     if kind == "frozen_224":
         assert load_embedding_model(ModelSpec(uri=model, layers=("embedding",))).frozen
     flags = dict(input=data, model=model, embedding_layer="embedding", max_items=40,
-                 seed=5, tile_size=16, max_error_fraction=0.3)
+                 seed=5, tile_size=16, max_error_fraction=0.3, layout="umap")
     if kind == "dense":
         flags["batch_size"] = 7     # a batch that does not divide the sample
     a, mp = str(folder / f"{kind}-a"), str(folder / f"{kind}-mp")

@@ -340,23 +340,24 @@ def csv_with_header(path, digits, header, extra="mine"):
     return str(path)
 
 
-@pytest.mark.parametrize("header,fragments", [
-    (["path", "label", "nn_distance"], ["'nn_distance' would be written twice",
-                                        "--neighbors adds a column of that name",
-                                        "--neighbors 0"]),
-    (["path", "label", "suspect"], ["'suspect' would be written twice",
-                                    "--neighbors adds a column of that name"]),
-    (["path", "label", "cluster"], ["'cluster' would be written twice",
-                                    "--layout adds a column of that name", "--layout none"]),
-    (["path", "label", "label"], ["columns of the same name ('label' is column 2 and 3)"])],
+@pytest.mark.parametrize("header,flags,fragments", [
+    (["path", "label", "nn_distance"], (), ["'nn_distance' would be written twice",
+                                            "--neighbors adds a column of that name",
+                                            "--neighbors 0"]),
+    (["path", "label", "suspect"], (), ["'suspect' would be written twice",
+                                        "--neighbors adds a column of that name"]),
+    (["path", "label", "cluster"], ("--layout", "umap"),
+     ["'cluster' would be written twice", "--layout adds a column of that name",
+      "--layout none"]),
+    (["path", "label", "label"], (), ["columns of the same name ('label' is column 2 and 3)"])],
     ids=["own-nn_distance", "own-suspect", "own-cluster", "label-twice"])
 def test_column_names_the_projector_would_merge_are_refused_before_any_work(
-        digits, model_path, tmp_path, header, fragments):
+        digits, model_path, tmp_path, header, flags, fragments):
     """The projector keys a row's values by column name: metadata.tsv with two
     columns of one name silently lost one (exit 0, the user's values gone)."""
     path = csv_with_header(tmp_path / "in.csv", digits, header)
     out = tmp_path / "out"
-    code, err = cli("--input", path, "--model", model_path, "--output", str(out))
+    code, err = cli("--input", path, "--model", model_path, "--output", str(out), *flags)
     assert code == 2, err[-5:]
     assert len(err) == 1 and err[0].startswith("beam-projector: error: "), err
     for fragment in fragments:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from beam_projector.transforms import projector
 from beam_projector.transforms.images import decode_image, read_bytes
-from beam_projector.transforms.layout_stage import CLUSTER_COLUMN
 from beam_projector.transforms.neighbors import neighbor_columns
 from beam_projector.transforms.suspects import SUSPECT_COLUMN
 from google.protobuf import text_format
@@ -27,9 +26,9 @@ def load_logdir(out):
     return config, meta, tensor, sprite
 
 
-# the default columns: the input's, the neighbours', the layout's cluster,
-# then the suspect column the writer ranks
-HEADER = ("path", "label") + neighbor_columns(True) + (CLUSTER_COLUMN, SUSPECT_COLUMN)
+# the default columns: the input's, the neighbours', then the suspect column
+# the writer ranks (no layout by default: no cluster column)
+HEADER = ("path", "label") + neighbor_columns(True) + (SUSPECT_COLUMN,)
 
 
 @pytest.fixture(scope="module")

@@ -232,3 +232,28 @@ def test_bad_layout_arguments_are_refused():
         LayoutColumns(dims=4)
     with pytest.raises(ValueError, match="layout_sample"):
         LayoutColumns(sample=0)
+
+
+def test_the_fit_runs_in_a_child_process_and_its_failure_is_one_line():
+    """The fit's child process (numba, LLVM and UMAP stay out of the worker):
+    it returns the model an in-process fit gives, and a failure there is a
+    RuntimeError carrying the child's own last line, not a hang or a pickle
+    error."""
+    import os
+
+    from beam_projector.transforms.layout_child import fit_in_child, fit_sample
+
+    rng = np.random.default_rng(1)
+    sample = [((i,), rng.normal(size=8).astype(np.float32), None) for i in range(40)]
+    child = fit_in_child(sample, 2, 0, "umap")
+    here = fit_sample(sample, 2, 0, "umap")
+    assert np.array_equal(child.y, here.y) and child.names == here.names
+    assert child.y.shape == (40, 2)
+    with pytest.raises(RuntimeError, match="child process .*layout must be one of"):
+        fit_in_child(sample, 2, 0, "tsne")
+    assert not [n for n in os.listdir(tempfile_dir()) if n.startswith("beam-projector-layout-")]
+
+
+def tempfile_dir():
+    import tempfile
+    return tempfile.gettempdir()

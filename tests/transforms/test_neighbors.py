@@ -204,7 +204,7 @@ def test_neighbors_off_writes_no_columns_and_no_suspects(digits, model_path, tmp
     csv_path, _ = digits
     out = tmp_path / "off"
     run_pipeline(input=csv_path, model=model_path, embedding_layer="embedding", output=out,
-                 max_items=12, neighbors=0)
+                 max_items=12, neighbors=0, layout="umap")
     (meta,) = out.glob("data-*/metadata.tsv")
     assert meta.read_text().splitlines()[0] == "path\tlabel\tcluster"
     assert not (out / "suspects.tsv").exists()
@@ -226,7 +226,7 @@ def planted(tmp_path_factory):
     out = folder / "logdir"
     n = 1797 + len(faults["copies"])
     summary = run_pipeline(input=faults["csv"], model=model, embedding_layer="embedding",
-                           output=out, max_items=n)
+                           output=out, max_items=n, layout="umap")
     assert summary["written"] == n
     return faults, out
 

@@ -87,8 +87,8 @@ def test_binary_format_reuses_the_bytes_file_and_a_plain_run_removes_the_export(
     emb = json.loads((out / standalone.STANDALONE_CONFIG_NAME).read_text())["embeddings"][0]
     folder = (out / emb["tensorPath"]).parent
     assert sorted(p.name for p in folder.iterdir()) == [
-        "bookmarks.json", "feature_vecs.bytes", "metadata.tsv", "sprite.png"]
-    assert (out / emb["bookmarksPath"]).parent == folder   # the page fetches the views too
+        "feature_vecs.bytes", "metadata.tsv", "sprite.png"]
+    assert "bookmarksPath" not in emb   # no layout by default: no views to fetch
     assert f'tensor_path: "{emb["tensorPath"]}"' in (out / "projector_config.pbtxt").read_text()
     # a user's own index.html is never touched; ours goes with the export
     run(digits, model_path, out)

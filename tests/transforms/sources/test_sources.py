@@ -413,7 +413,7 @@ def test_class_folder_run_with_stratified_sample(tmp_path, digits, model_path):
     assert summary["read"] == 40 and summary["written"] == 20
     meta = open(next(os.path.join(out, d, "metadata.tsv") for d in os.listdir(out)
                      if d.startswith("data-"))).read().split("\n")
-    assert meta[0] == "\t".join(("path", "label") + neighbor_columns(True) + ("cluster", "suspect"))
+    assert meta[0] == "\t".join(("path", "label") + neighbor_columns(True) + ("suspect",))
     labels = [line.split("\t")[1] for line in meta[1:21]]
     assert sorted(labels) == sorted([f"class_{i}" for i in range(10)] * 2)
 

@@ -130,7 +130,7 @@ def test_kill_at_every_publish_step_leaves_the_old_logdir(old_logdir, digits, mo
     manifest = ownership.read_manifest(logdir)
     assert manifest["data"] == data and manifest["pending"] == []
     assert sorted(os.listdir(os.path.join(logdir, data[0]))) == sorted(
-        ["bookmarks.json", "feature_vecs.tsv", "metadata.tsv", "sprite.png"])  # tsv: the default
+        ["feature_vecs.tsv", "metadata.tsv", "sprite.png"])  # tsv: the default
 
 
 # Blocks the read of one image on a named pipe (read_bytes itself refuses
