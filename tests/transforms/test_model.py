@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from beam_projector.pipeline.preflight import UsageError
 from beam_projector.transforms.images import decode_image, read_bytes
-from beam_projector.transforms.model import ModelSpec, load_embedding_model
+from beam_projector.transforms.model import ModelSpec, load_embedding_model, scale_pixels
 from google.protobuf import text_format
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
@@ -99,6 +99,24 @@ def test_keras_export_savedmodel_default_output(model_path, digits, tmp_path):
     config, tensors, _ = load_run(out)
     (name, tensor), = tensors.items()
     assert tensor.shape == (8, 3)  # the tiny model's logits
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_the_launcher_and_the_in_process_worker_share_one_load(model_path, digits, tmp_path,
+                                                               monkeypatch, batch_size):
+    """The launcher loads the model to check it; the in-process worker reuses
+    that load (a second one costs seconds for an ImageNet-sized model), whether
+    the batch size is given or resolved from the model's config."""
+    import beam_projector.transforms.model as model_module
+    loads = []
+    real = model_module.load_embedding_model
+    monkeypatch.setattr(model_module, "load_embedding_model",
+                        lambda spec: loads.append(spec) or real(spec))
+    model_module._LOADED.clear()
+    extra = {} if batch_size is None else {"batch_size": batch_size}
+    run_pipeline(input=digits[0], model=model_path, output=str(tmp_path / "o"),
+                 max_items=8, tile_size=16, **extra)
+    assert len(loads) == 1 and loads[0].batch_size == (batch_size or loads[0].batch_size) > 0
 
 
 def test_several_keras_layers_in_one_model_call(model_path):
@@ -371,6 +389,45 @@ def test_a_savedmodel_runs_frozen_and_keeps_its_output_names(saved_model):
     want = expected_serve(x)
     np.testing.assert_allclose(logits, want["logits"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(embedding, want["embedding"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["keras", "savedmodel"])
+def test_a_frozen_call_binds_its_batch_directly(tmp_path, saved_model, monkeypatch, kind):
+    """A frozen model's call never goes through TensorFlow's failed bind
+    (which formats the whole batch into an error it then swallows), and the
+    direct call gives the public call's bits."""
+    import tensorflow as tf
+    from beam_projector.transforms import model as model_module
+    from tensorflow.python.eager.polymorphic_function import function_type_utils
+    frozen = []
+    real_freeze = model_module.freeze
+    monkeypatch.setattr(model_module, "freeze",
+                        lambda *a, **k: frozen.append(real_freeze(*a, **k)) or frozen[-1])
+    if kind == "keras":
+        path = str(tmp_path / "bn.keras")
+        bn_model(path)
+        model = load_embedding_model(ModelSpec(uri=path, layers=("pool", "embedding")))
+    else:
+        model = load_embedding_model(ModelSpec(uri=saved_model, outputs=("logits", "embedding")))
+    assert model.frozen and frozen[-1] is not None
+    failed = []
+    real_bind = function_type_utils.bind_function_inputs
+
+    def bind(*args, **kwargs):
+        try:
+            return real_bind(*args, **kwargs)
+        except Exception as e:
+            failed.append(e)
+            raise
+    monkeypatch.setattr(function_type_utils, "bind_function_inputs", bind)
+    x = np.random.default_rng(4).integers(0, 256, (model.batch_size, SIDE, SIDE, 3),
+                                          dtype=np.uint8)
+    got = model.embed(x)
+    assert not failed
+    public = frozen[-1](tf.constant(scale_pixels(x, model.pixel_scale)))
+    assert len(got) == len(public) == 2
+    for g, w in zip(got, public):
+        assert np.array_equal(g, w.numpy())
 
 
 @pytest.mark.parametrize("fault", ["cannot_freeze", "wrong_outputs"])
