@@ -446,7 +446,12 @@ def interrupt(args, out, started):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.Popen([sys.executable, "-m", "beam_projector", *args, "--output", out],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            # a terminal's job gets SIGINT's default action; one
+                            # started from a background job (`cmd &` in a script,
+                            # nohup) inherits SIG_IGN, and Python then installs no
+                            # KeyboardInterrupt handler at all
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     pump = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     pump.start()
