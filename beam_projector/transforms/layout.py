@@ -48,6 +48,7 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 METHODS = ("none", "umap")
+# The method a layout uses when one is asked for (LayoutColumns, fit_layout)
 DEFAULT_METHOD = "umap"
 # The CLI's and ImagesToProjector's default: no layout. Measured at N = 6,000
 # MobileNetV2 (BENCHMARKS.md, "Offline layout"), the layout adds about 7 s

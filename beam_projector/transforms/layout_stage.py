@@ -8,8 +8,9 @@ The Beam shape (the pure steps are in ``layout``):
 
 The fit runs once, on one worker (in a child process: ``layout_child``), on
 a deterministic sample (the first S items in output order, as the neighbour
-stage's PCA sample); the model (a few MB) is broadcast, and the other rows are placed in parallel, in any
-batches: a row's position does not depend on its companions. The writer
+stage's PCA sample); the model (a few MB) is broadcast, and the other rows
+are placed in parallel, in any batches: a row's position does not depend on
+its companions. The writer
 joins the values by key like any column stage's: ``cluster`` goes to
 metadata.tsv, the coordinates (``layout_columns``) to the bookmarks.
 """

@@ -240,6 +240,7 @@ def test_the_fit_runs_in_a_child_process_and_its_failure_is_one_line():
     RuntimeError carrying the child's own last line, not a hang or a pickle
     error."""
     import os
+    import tempfile
 
     from beam_projector.transforms.layout_child import fit_in_child, fit_sample
 
@@ -251,9 +252,5 @@ def test_the_fit_runs_in_a_child_process_and_its_failure_is_one_line():
     assert child.y.shape == (40, 2)
     with pytest.raises(RuntimeError, match="child process .*layout must be one of"):
         fit_in_child(sample, 2, 0, "tsne")
-    assert not [n for n in os.listdir(tempfile_dir()) if n.startswith("beam-projector-layout-")]
-
-
-def tempfile_dir():
-    import tempfile
-    return tempfile.gettempdir()
+    assert not [n for n in os.listdir(tempfile.gettempdir())
+                if n.startswith("beam-projector-layout-")]
